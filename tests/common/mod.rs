@@ -27,7 +27,8 @@ pub fn require(ok: bool, what: &str) -> bool {
 }
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Polls `f` every 20 ms until it returns Some or `limit` passes.
@@ -42,4 +43,222 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How the binary runs in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`).
+    Pid1,
+    /// A plain child of the test: cluster-init registers as subreaper.
+    Subreaper,
+}
+
+/// A running cluster-init, killed (with everything under it) when dropped.
+pub struct Init {
+    child: std::process::Child,
+    mode: Mode,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Whether namespaced runs are possible here (root and unshare).
+pub fn can_unshare() -> bool {
+    is_root()
+        && std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+impl Init {
+    /// Starts `cluster-init ARGS` in `mode` with extra env vars. Returns None (after a visible
+    /// skip) when the mode is not possible here.
+    pub fn start(mode: Mode, args: &[&str], env: &[(&str, &str)]) -> Option<Init> {
+        use std::io::Read;
+        let mut cmd = match mode {
+            Mode::Pid1 => {
+                if !require(
+                    can_unshare(),
+                    "root and unshare --pid (PID 1 in a namespace)",
+                ) {
+                    return None;
+                }
+                let mut c = std::process::Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", bin()]);
+                c
+            }
+            Mode::Subreaper => std::process::Command::new(bin()),
+        };
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn cluster-init");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let init = Init {
+            child,
+            mode,
+            log,
+            reader: Some(reader),
+        };
+        // In a namespace, the init is unshare's child; wait until it exists.
+        if mode == Mode::Pid1 {
+            let mut init = init;
+            wait_for(Duration::from_secs(5), || {
+                let exited = init.child.try_wait().ok().flatten().is_some();
+                (exited || init.init_pid_opt().is_some()).then_some(())
+            });
+            return Some(init);
+        }
+        Some(init)
+    }
+
+    fn init_pid_opt(&self) -> Option<i32> {
+        match self.mode {
+            Mode::Subreaper => Some(self.child.id() as i32),
+            Mode::Pid1 => children(self.child.id() as i32).first().copied(),
+        }
+    }
+
+    /// The host pid of cluster-init.
+    pub fn pid(&self) -> i32 {
+        self.init_pid_opt().expect("cluster-init is not running")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits up to `limit` for cluster-init to exit and returns its exit code (128+N for a signal).
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = wait_for(limit, || self.child.try_wait().ok().flatten())?;
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        Some(
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        )
+    }
+
+    /// What cluster-init wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Worker pids: children of the init that lead their own process group.
+    pub fn workers(&self) -> Vec<i32> {
+        children(self.pid())
+            .into_iter()
+            .filter(|&p| stat_field(p, 5) == Some(p.to_string()))
+            .collect()
+    }
+
+    /// Waits until `n` workers run, returns their pids.
+    pub fn wait_workers(&self, n: usize, limit: Duration) -> Vec<i32> {
+        wait_for(limit, || {
+            let w = self.workers();
+            (w.len() == n).then_some(w)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} workers, have {:?}; log:\n{}",
+                self.workers(),
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        if let Some(pid) = self.init_pid_opt() {
+            if self.child.try_wait().ok().flatten().is_none() {
+                // Workers die with the init (PDEATHSIG; the namespace's end in Pid1 mode).
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Direct children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
+pub fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: split after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace()
+        .nth(n.checked_sub(3)?)
+        .map(str::to_string)
+}
+
+/// Children of `pid` that are zombies.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    children(pid)
+        .into_iter()
+        .filter(|&c| stat_field(c, 3).as_deref() == Some("Z"))
+        .collect()
+}
+
+/// A line of /proc/PID/status, e.g. `SigBlk`.
+pub fn status_field(pid: i32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(&format!("{key}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Whether a process exists (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    stat_field(pid, 3).is_some_and(|s| s != "Z")
+}
+
+/// A scratch directory removed at drop; workers write their observations into it.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cluster-init-test")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Lines of a file, empty when it does not exist (yet).
+pub fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

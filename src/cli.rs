@@ -1,0 +1,458 @@
+//! The command line: clap definitions, the `CLUSTER_INIT_*` env names, and the parsers that turn
+//! outside strings into types (`WorkerSpec`, durations, signals) once, so nothing past this module
+//! ever sees a raw string. Usage errors become one line and exit status 2.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How many workers the pool runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerSpec {
+    /// Exactly this many (>= 1).
+    Count(u32),
+    /// One per usable CPU, minus this many, never below 1.
+    Max { minus: u32 },
+}
+
+impl FromStr for WorkerSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "expected N (>= 1), max or max-K";
+        let s = s.trim();
+        if s == "max" {
+            return Ok(WorkerSpec::Max { minus: 0 });
+        }
+        if let Some(k) = s.strip_prefix("max-") {
+            return match k.parse::<u32>() {
+                Ok(minus) if k.bytes().all(|b| b.is_ascii_digit()) => Ok(WorkerSpec::Max { minus }),
+                _ => Err(EXPECTED.into()),
+            };
+        }
+        if !s.bytes().all(|b| b.is_ascii_digit()) || s.is_empty() {
+            return Err(EXPECTED.into());
+        }
+        match s.parse::<u32>() {
+            Ok(0) => Err("at least 1 worker is needed".into()),
+            Ok(n) => Ok(WorkerSpec::Count(n)),
+            Err(_) => Err("too many workers".into()),
+        }
+    }
+}
+
+impl fmt::Display for WorkerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkerSpec::Count(n) => write!(f, "{n}"),
+            WorkerSpec::Max { minus: 0 } => f.write_str("max"),
+            WorkerSpec::Max { minus } => write!(f, "max-{minus}"),
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, `1m30s`, `1.5s`, and a bare `0`. A bare non-zero number is
+/// refused: `25` could mean seconds or milliseconds, and guessing wrong stops a pod too early.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit (ms, s, m, h), e.g. {s}s"))?;
+        if num_len == 0 {
+            return Err("expected a number followed by ms, s, m or h".into());
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| "malformed number".to_string())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown unit '{other}' (use ms, s, m or h)")),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    if !total.is_finite() || total > 1e9 {
+        return Err("duration too large".into());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// A signal number, real-time signals included (nix's `Signal` cannot name those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sig(pub i32);
+
+impl Sig {
+    pub const TERM: Sig = Sig(libc::SIGTERM);
+    pub const KILL: Sig = Sig(libc::SIGKILL);
+
+    pub fn name(self) -> String {
+        signal_name(self.0)
+    }
+}
+
+/// `SIGTERM` for standard signals, `SIGRTMIN+3` for real-time ones, the number otherwise.
+pub fn signal_name(n: i32) -> String {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(n) {
+        return s.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&n) {
+        return format!("SIGRTMIN+{}", n - min);
+    }
+    n.to_string()
+}
+
+impl FromStr for Sig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let upper = s.trim().to_ascii_uppercase();
+        let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        let n = if let Ok(n) = upper.parse::<i32>() {
+            n
+        } else {
+            let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+            if let Some(off) = bare.strip_prefix("RTMIN+") {
+                min + off.parse::<i32>().map_err(|_| "malformed RTMIN+N")?
+            } else if let Some(off) = bare.strip_prefix("RTMAX-") {
+                max - off.parse::<i32>().map_err(|_| "malformed RTMAX-N")?
+            } else {
+                nix::sys::signal::Signal::from_str(&format!("SIG{bare}"))
+                    .map_err(|_| "unknown signal (use a name like SIGTERM or a number)")?
+                    as i32
+            }
+        };
+        let valid = (1..32).contains(&n) || (min..=max).contains(&n);
+        if !valid || n == libc::SIGSTOP {
+            return Err("not a signal that can stop a worker".into());
+        }
+        Ok(Sig(n))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// PID 1 for containers: runs COMMAND as a supervised pool of workers, one per usable CPU.
+///
+/// Every option can also be set with an environment variable CLUSTER_INIT_<NAME>
+/// (in Kubernetes, container `args` reach the server, not cluster-init).
+#[derive(Debug, Parser)]
+#[command(name = "cluster-init", version, trailing_var_arg = true)]
+pub struct Cli {
+    /// Workers: N (>= 1), max (one per usable CPU), or max-K (never below 1)
+    #[arg(short, long, env = "CLUSTER_INIT_WORKERS", default_value = "max", value_parser = WorkerSpec::from_str)]
+    pub workers: WorkerSpec,
+
+    /// Which exits are restarted: always, on-failure (exit 0 ends the slot), never (tini-like)
+    #[arg(
+        long,
+        env = "CLUSTER_INIT_RESTART",
+        value_enum,
+        default_value = "always"
+    )]
+    pub restart: RestartPolicy,
+
+    /// Signal sent to each worker's process group to stop it
+    #[arg(long, env = "CLUSTER_INIT_STOP_SIGNAL", default_value = "SIGTERM", value_parser = Sig::from_str)]
+    pub stop_signal: Sig,
+
+    /// How long workers get to exit after the stop signal before SIGKILL
+    #[arg(long, env = "CLUSTER_INIT_STOP_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
+    /// First restart delay after a crash (doubles per consecutive crash, with jitter)
+    #[arg(long, env = "CLUSTER_INIT_BACKOFF_INITIAL", default_value = "250ms", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+
+    /// Longest restart delay
+    #[arg(long, env = "CLUSTER_INIT_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// A worker alive this long is healthy: its slot's backoff starts over
+    #[arg(long, env = "CLUSTER_INIT_BACKOFF_RESET", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_reset: Duration,
+
+    /// Exit non-zero once every slot has been crash-looping this long (0 = never give up)
+    #[arg(long, env = "CLUSTER_INIT_GIVE_UP_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub give_up_after: Duration,
+
+    /// Do not register as child subreaper when not PID 1
+    #[arg(long, env = "CLUSTER_INIT_NO_SUBREAPER")]
+    pub no_subreaper: bool,
+
+    /// Log format of cluster-init's own lines (stderr)
+    #[arg(
+        long,
+        env = "CLUSTER_INIT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log level of cluster-init's own lines
+    #[arg(
+        long,
+        env = "CLUSTER_INIT_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
+    pub log_level: LogLevel,
+
+    /// Print the plan as one JSON object and exit
+    #[arg(long, env = "CLUSTER_INIT_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// The server to run, with its arguments (after `--`)
+    #[arg(value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// What parsing produced: a command line to run, or an early exit (help, version, usage error).
+pub enum Parsed {
+    Run(Box<Cli>),
+    Exit {
+        code: i32,
+        message: String,
+        to_stderr: bool,
+    },
+}
+
+/// Parses argv (and the environment, through clap's `env`). Never panics, never prints.
+pub fn parse<I, T>(args: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    if cli.command.is_empty() {
+        return usage("no command given: cluster-init [OPTIONS] -- COMMAND [ARGS...]".into());
+    }
+    Parsed::Run(Box::new(cli))
+}
+
+fn usage(message: String) -> Parsed {
+    Parsed::Exit {
+        code: 2,
+        message: format!("cluster-init: {message}"),
+        to_stderr: true,
+    }
+}
+
+/// Turns clap's multi-line error into the one line our contract promises, naming the option, its
+/// environment variable when that is where the bad value came from, and the value.
+fn clap_error(e: clap::Error) -> Parsed {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            return Parsed::Exit {
+                code: 0,
+                message: e.render().to_string().trim_end().to_string(),
+                to_stderr: false,
+            }
+        }
+        _ => {}
+    }
+    let ctx = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let arg = ctx(ContextKind::InvalidArg);
+    let value = ctx(ContextKind::InvalidValue);
+    let line = match (e.kind(), arg, value) {
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg), Some(value)) => {
+            let flag = arg.split_whitespace().next().unwrap_or(&arg).to_string();
+            let from_env = env_name(&flag)
+                .filter(|var| std::env::var_os(var).is_some_and(|v| v.to_string_lossy() == value));
+            let named = match from_env {
+                Some(var) => format!("{var} (for {flag})"),
+                None => flag,
+            };
+            let why = match std::error::Error::source(&e) {
+                Some(source) => source.to_string(),
+                None => match ctx(ContextKind::ValidValue) {
+                    Some(valid) => format!("expected one of: {valid}"),
+                    None => "invalid value".into(),
+                },
+            };
+            format!("invalid value '{value}' for {named}: {why}")
+        }
+        _ => {
+            // clap's first line is already specific ("unexpected argument '--foo' found").
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid usage");
+            first.trim_start_matches("error: ").to_string()
+        }
+    };
+    usage(line)
+}
+
+/// `--stop-timeout` → `CLUSTER_INIT_STOP_TIMEOUT`.
+pub fn env_name(flag: &str) -> Option<String> {
+    let long = flag.strip_prefix("--")?;
+    Some(format!(
+        "CLUSTER_INIT_{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_spec_grammar() {
+        assert_eq!("7".parse(), Ok(WorkerSpec::Count(7)));
+        assert_eq!("max".parse(), Ok(WorkerSpec::Max { minus: 0 }));
+        assert_eq!("max-1".parse(), Ok(WorkerSpec::Max { minus: 1 }));
+        assert_eq!("max-5".parse(), Ok(WorkerSpec::Max { minus: 5 }));
+        for bad in [
+            "0",
+            "-1",
+            "banana",
+            "1.5",
+            "",
+            "max-",
+            "max+1",
+            "max--1",
+            "+3",
+            "99999999999",
+        ] {
+            assert!(bad.parse::<WorkerSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("500ms"), Ok(ms(500)));
+        assert_eq!(parse_duration("10s"), Ok(ms(10_000)));
+        assert_eq!(parse_duration("2m"), Ok(ms(120_000)));
+        assert_eq!(parse_duration("1h"), Ok(ms(3_600_000)));
+        assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
+        assert_eq!(parse_duration("1.5s"), Ok(ms(1_500)));
+        assert_eq!(parse_duration("0"), Ok(ms(0)));
+        for bad in ["", "10", "s", "10x", "1..5s", "-1s", "ms10"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!("SIGTERM".parse(), Ok(Sig(libc::SIGTERM)));
+        assert_eq!("term".parse(), Ok(Sig(libc::SIGTERM)));
+        assert_eq!("9".parse(), Ok(Sig(libc::SIGKILL)));
+        assert_eq!("SIGRTMIN+2".parse(), Ok(Sig(libc::SIGRTMIN() + 2)));
+        assert_eq!(Sig(libc::SIGRTMIN() + 2).name(), "SIGRTMIN+2");
+        assert_eq!(Sig(libc::SIGQUIT).name(), "SIGQUIT");
+        for bad in ["SIGFOO", "0", "99", "STOP", ""] {
+            assert!(bad.parse::<Sig>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn exit_of(args: &[&str]) -> (i32, String) {
+        match parse(std::iter::once("cluster-init").chain(args.iter().copied())) {
+            Parsed::Run(_) => (-1, String::new()),
+            Parsed::Exit { code, message, .. } => (code, message),
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_option_and_value() {
+        let (code, msg) = exit_of(&["--workers", "banana", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(msg.contains("--workers") && msg.contains("banana"), "{msg}");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+
+        let (code, msg) = exit_of(&["--restart", "sometimes", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(
+            msg.contains("--restart") && msg.contains("sometimes"),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+
+        let (code, msg) = exit_of(&["--bogus", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(msg.contains("--bogus"), "{msg}");
+
+        let (code, msg) = exit_of(&[]);
+        assert_eq!(code, 2);
+        assert!(msg.contains("no command"), "{msg}");
+    }
+
+    #[test]
+    fn command_keeps_its_own_flags() {
+        let Parsed::Run(cli) = parse([
+            "cluster-init",
+            "-w",
+            "2",
+            "--",
+            "node",
+            "--inspect",
+            "app.js",
+        ]) else {
+            panic!("did not parse");
+        };
+        assert_eq!(cli.workers, WorkerSpec::Count(2));
+        assert_eq!(cli.command, ["node", "--inspect", "app.js"]);
+    }
+
+    #[test]
+    fn env_names_follow_the_flag() {
+        assert_eq!(
+            env_name("--stop-timeout").as_deref(),
+            Some("CLUSTER_INIT_STOP_TIMEOUT")
+        );
+    }
+}
