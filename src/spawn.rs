@@ -10,7 +10,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Descriptors handed to a worker start at 3 (the `sd_listen_fds` contract).
@@ -396,7 +396,7 @@ mod tests {
     use super::*;
 
     fn os(s: &str) -> OsString {
-        OsString::from_vec(s.as_bytes().to_vec())
+        OsString::from(s)
     }
 
     #[test]
