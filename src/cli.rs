@@ -147,6 +147,86 @@ impl FromStr for Sig {
     }
 }
 
+/// When a new worker counts as ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// As soon as exec succeeded.
+    Started,
+    /// When it (or a descendant) sends `READY=1` to `NOTIFY_SOCKET`.
+    Notify,
+    /// After being alive this long.
+    After(Duration),
+}
+
+impl FromStr for ReadyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "started" => Ok(ReadyMode::Started),
+            "notify" => Ok(ReadyMode::Notify),
+            other => parse_duration(other)
+                .map(ReadyMode::After)
+                .map_err(|_| "expected started, notify or a duration like 2s".into()),
+        }
+    }
+}
+
+impl fmt::Display for ReadyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyMode::Started => f.write_str("started"),
+            ReadyMode::Notify => f.write_str("notify"),
+            ReadyMode::After(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// Parses a memory size: `512M`, `1G`, `1.5Gi`, `65536` (bytes). K, M, G are binary (as in
+/// PM2's `max_memory_restart` and Kubernetes' Mi/Gi), so `512M` and `512Mi` agree.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let value: f64 = s[..digits]
+        .parse()
+        .map_err(|_| "expected a size like 512M or 1G".to_string())?;
+    let scale = match s[digits..].trim() {
+        "" | "B" => 1u64,
+        "K" | "Ki" | "KB" | "k" => 1 << 10,
+        "M" | "Mi" | "MB" => 1 << 20,
+        "G" | "Gi" | "GB" => 1 << 30,
+        "T" | "Ti" | "TB" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' (use K, M, G)")),
+    };
+    let bytes = value * scale as f64;
+    if !(1.0..1e18).contains(&bytes) {
+        return Err("size out of range".into());
+    }
+    Ok(bytes as u64)
+}
+
+/// A CPU budget given as a Kubernetes quantity (`2`, `1.5`, `1500m`).
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    crate::cpu::parse_quantity(s)
+}
+
+/// `CLUSTER_INIT_CPU_MILLIS`: what the Downward API gives with `divisor: 1m` (millicores).
+fn parse_millis(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) | Err(_) => Err("expected a positive whole number of millicores".into()),
+        Ok(m) => Ok(m as f64 / 1000.0),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HupAction {
+    /// Rolling reload: replace every worker, slot by slot.
+    Reload,
+    /// Forward SIGHUP to the workers (servers that reload their own config).
+    Forward,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RestartPolicy {
     Always,
@@ -248,6 +328,70 @@ pub struct Cli {
     /// Print the plan as one JSON object and exit
     #[arg(long, env = "CLUSTER_INIT_DRY_RUN")]
     pub dry_run: bool,
+
+    /// How a fractional CPU budget becomes `max`: floor or ceil (never below 1)
+    #[arg(long, env = "CLUSTER_INIT_CPU_ROUND", default_value = "floor", value_parser = crate::cpu::Rounding::from_str)]
+    pub cpu_round: crate::cpu::Rounding,
+
+    /// CPU budget as a Kubernetes quantity (2, 1.5, 1500m); replaces detection
+    #[arg(long, env = "CLUSTER_INIT_CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+
+    /// CPU budget in millicores, as the Downward API gives it with divisor 1m
+    #[arg(long, env = "CLUSTER_INIT_CPU_MILLIS", value_parser = parse_millis, conflicts_with = "cpus")]
+    pub cpu_millis: Option<f64>,
+
+    /// Give each worker its CPU share in GOMAXPROCS, DOTNET_PROCESSOR_COUNT, ... when unset
+    #[arg(long, env = "CLUSTER_INIT_PER_WORKER_CPU_ENV")]
+    pub per_worker_cpu_env: bool,
+
+    /// Listen on [NAME=]ADDR (HOST:PORT, [::]:PORT, :PORT, unix:/path) and hand it to every worker at fd 3+; repeatable, comma-separated in the env var
+    #[arg(long, env = "CLUSTER_INIT_LISTEN", value_delimiter = ',', value_parser = crate::listen::ListenSpec::from_str)]
+    pub listen: Vec<crate::listen::ListenSpec>,
+
+    /// reuseport: one socket per worker slot; shared: one socket for all
+    #[arg(long, env = "CLUSTER_INIT_BALANCE", default_value = "reuseport", value_parser = crate::listen::Balance::from_str)]
+    pub balance: crate::listen::Balance,
+
+    /// Listen backlog (capped at net.core.somaxconn)
+    #[arg(long, env = "CLUSTER_INIT_BACKLOG", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backlog: u32,
+
+    /// When a worker is ready: started (exec succeeded), notify (READY=1 on NOTIFY_SOCKET), or a duration alive
+    #[arg(long, env = "CLUSTER_INIT_READY", default_value = "started", value_parser = ReadyMode::from_str)]
+    pub ready: ReadyMode,
+
+    /// A worker not ready this long after its start has failed to start (counts for backoff)
+    #[arg(long, env = "CLUSTER_INIT_READY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// The pool is ready (/readyz, READY=1 upstream) when at least this many workers are
+    #[arg(long, env = "CLUSTER_INIT_MIN_READY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_ready: u32,
+
+    /// Serve /livez /readyz /metrics /status over HTTP on this address (off by default)
+    #[arg(long, env = "CLUSTER_INIT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
+    /// What SIGHUP does: reload (replace every worker, slot by slot) or forward
+    #[arg(long, env = "CLUSTER_INIT_HUP", value_enum, default_value = "reload")]
+    pub hup: HupAction,
+
+    /// Replace a worker gracefully when it and its descendants use more memory (PSS) than this (512M, 1G)
+    #[arg(long, env = "CLUSTER_INIT_MAX_WORKER_MEMORY", value_parser = parse_size)]
+    pub max_worker_memory: Option<u64>,
+
+    /// How often workers' memory is measured when --max-worker-memory is set
+    #[arg(long, env = "CLUSTER_INIT_MEMORY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub memory_check_interval: Duration,
+
+    /// Workers get WATCHDOG_USEC and must send WATCHDOG=1 this often, or get SIGABRT, then SIGKILL
+    #[arg(long, env = "CLUSTER_INIT_WATCHDOG", value_parser = parse_duration)]
+    pub watchdog: Option<Duration>,
+
+    /// Add the command's arguments to exported spans (off: arguments may hold secrets)
+    #[arg(long, env = "CLUSTER_INIT_TRACE_COMMAND_ARGS")]
+    pub trace_command_args: bool,
 
     /// The server to run, with its arguments (after `--`)
     #[arg(value_name = "COMMAND")]
@@ -446,6 +590,22 @@ mod tests {
         };
         assert_eq!(cli.workers, WorkerSpec::Count(2));
         assert_eq!(cli.command, ["node", "--inspect", "app.js"]);
+    }
+
+    #[test]
+    fn ready_modes_and_sizes() {
+        assert_eq!("notify".parse(), Ok(ReadyMode::Notify));
+        assert_eq!("2s".parse(), Ok(ReadyMode::After(Duration::from_secs(2))));
+        assert!("soon".parse::<ReadyMode>().is_err());
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12Q", "-1G", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_millis("1500"), Ok(1.5));
+        assert!(parse_millis("0").is_err());
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! The plan: everything the supervisor needs, resolved from the command line and the machine
-//! once (the pool size from the CPU budget, the program's path), and its `--dry-run` form.
+//! once (the pool size from the CPU budget, the program's path, the bound listeners), and its
+//! `--dry-run` form.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::backoff;
-use crate::cli::{Cli, RestartPolicy, Sig, WorkerSpec};
+use crate::cli::{Cli, HupAction, ReadyMode, RestartPolicy, Sig, WorkerSpec};
+use crate::cpu::{self, CpuBudget};
+use crate::listen::{self, Listeners};
 use crate::spawn::{CannotRun, Program};
 
 pub struct Config {
     pub workers: u32,
-    pub worker_spec: WorkerSpec,
     pub program: Program,
     pub restart: RestartPolicy,
     pub stop_signal: Sig,
@@ -19,8 +22,21 @@ pub struct Config {
     pub backoff: backoff::Policy,
     pub give_up_after: Option<Duration>,
     pub subreaper: bool,
+    pub cpu: CpuBudget,
     /// What sized the pool, in one line for the start log.
     pub sizing: String,
+    /// Per-worker CPU share variables (opt-in), set only where the environment lacks them.
+    pub cpu_env: Vec<(&'static str, String)>,
+    pub listeners: Listeners,
+    pub ready: ReadyMode,
+    pub ready_timeout: Duration,
+    pub min_ready: u32,
+    pub admin_listen: Option<String>,
+    pub hup: HupAction,
+    pub max_worker_memory: Option<u64>,
+    pub memory_check_interval: Duration,
+    pub watchdog: Option<Duration>,
+    pub trace_command_args: bool,
 }
 
 /// Why the plan could not be made: a usage error (exit 2) or a command that cannot run.
@@ -30,22 +46,94 @@ pub enum PlanError {
 }
 
 impl Config {
-    pub fn from_cli(cli: &Cli) -> Result<(Config, serde_json::Value), PlanError> {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
+    /// Resolves the plan. With `bind` false (dry run) no socket is opened.
+    pub fn from_cli(cli: &Cli, bind: bool) -> Result<(Config, serde_json::Value), PlanError> {
+        let affinity = cpu::sched_affinity();
+        let budget = match cli.cpus.or(cli.cpu_millis) {
+            Some(cpus) => cpu::explicit(cpus, affinity),
+            None => cpu::detect(Path::new("/"), affinity),
+        };
+        for w in &budget.warnings {
+            tracing::warn!("CPU budget: {w}");
+        }
+        let max = cpu::workers_for(budget.budget, cli.cpu_round, 0);
         let (workers, sizing) = match cli.workers {
-            WorkerSpec::Count(n) => (n, format!("workers={n}: as requested")),
+            WorkerSpec::Count(n) => (
+                n,
+                format!(
+                    "workers={n}: as requested (CPU budget {:.2})",
+                    budget.budget
+                ),
+            ),
             WorkerSpec::Max { minus } => {
-                let n = cpus.saturating_sub(minus).max(1);
-                (n, format!("workers={n}: {cpus} usable CPUs, minus {minus}"))
+                let n = cpu::workers_for(budget.budget, cli.cpu_round, minus);
+                let minus = if minus > 0 {
+                    format!(" minus {minus}")
+                } else {
+                    String::new()
+                };
+                (
+                    n,
+                    format!("workers={n}: {}{minus}", budget.explain(cli.cpu_round)),
+                )
             }
         };
         let program = Program::resolve(&cli.command, std::env::var_os("PATH").as_deref())
             .map_err(PlanError::CannotRun)?;
+
+        let inherited = if cli.listen.is_empty() {
+            Listeners::from_activation()
+        } else {
+            None
+        };
+        let listeners = match inherited {
+            Some(l) => l,
+            None => {
+                let specs = if bind { &cli.listen[..] } else { &[] };
+                Listeners::bind(specs, cli.balance, workers as usize, cli.backlog)
+                    .map_err(PlanError::Usage)?
+            }
+        };
+        let cpu_env = if cli.per_worker_cpu_env {
+            cpu::per_worker_env(budget.budget, workers)
+                .into_iter()
+                .filter(|(k, _)| std::env::var_os(k).is_none())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if cli.min_ready > workers {
+            return Err(PlanError::Usage(format!(
+                "invalid value '{}' for --min-ready: more than the {workers} workers",
+                cli.min_ready
+            )));
+        }
+        let plan = json!({
+            "workers": workers,
+            "workers_spec": cli.workers.to_string(),
+            "command": program.argv_lossy(),
+            "cpu": budget.to_json(cli.cpu_round, max),
+            "restart": cli.restart.as_str(),
+            "stop_signal": cli.stop_signal.name(),
+            "stop_timeout_ms": cli.stop_timeout.as_millis() as u64,
+            "backoff": {
+                "initial_ms": cli.backoff_initial.as_millis() as u64,
+                "max_ms": cli.backoff_max.as_millis() as u64,
+                "reset_after_ms": cli.backoff_reset.as_millis() as u64,
+            },
+            "give_up_after_ms": (!cli.give_up_after.is_zero()).then_some(cli.give_up_after.as_millis() as u64),
+            "listen": cli.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+            "balance": cli.balance.as_str(),
+            "backlog": listen::effective_backlog(cli.backlog),
+            "ready": cli.ready.to_string(),
+            "min_ready": cli.min_ready,
+            "admin_listen": cli.admin_listen,
+            "hup": match cli.hup { HupAction::Reload => "reload", HupAction::Forward => "forward" },
+            "per_worker_cpu_env": cpu_env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
         let cfg = Config {
             workers,
-            worker_spec: cli.workers,
+            program,
             restart: cli.restart,
             stop_signal: cli.stop_signal,
             stop_timeout: cli.stop_timeout,
@@ -56,23 +144,20 @@ impl Config {
             },
             give_up_after: (!cli.give_up_after.is_zero()).then_some(cli.give_up_after),
             subreaper: !cli.no_subreaper,
+            cpu: budget,
             sizing,
-            program,
+            cpu_env,
+            listeners,
+            ready: cli.ready,
+            ready_timeout: cli.ready_timeout,
+            min_ready: cli.min_ready,
+            admin_listen: cli.admin_listen.clone(),
+            hup: cli.hup,
+            max_worker_memory: cli.max_worker_memory,
+            memory_check_interval: cli.memory_check_interval.max(Duration::from_millis(100)),
+            watchdog: cli.watchdog,
+            trace_command_args: cli.trace_command_args,
         };
-        let plan = json!({
-            "workers": cfg.workers,
-            "workers_spec": cfg.worker_spec.to_string(),
-            "command": cfg.program.argv_lossy(),
-            "restart": cfg.restart.as_str(),
-            "stop_signal": cfg.stop_signal.name(),
-            "stop_timeout_ms": cfg.stop_timeout.as_millis() as u64,
-            "backoff": {
-                "initial_ms": cfg.backoff.initial.as_millis() as u64,
-                "max_ms": cfg.backoff.max.as_millis() as u64,
-                "reset_after_ms": cfg.backoff.reset_after.as_millis() as u64,
-            },
-            "give_up_after_ms": cfg.give_up_after.map(|d| d.as_millis() as u64),
-        });
         Ok((cfg, plan))
     }
 }

@@ -1,10 +1,13 @@
 //! Parse the command line, run the pool, exit with the right status: nothing else.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cluster_init::cli::{self, Parsed};
 use cluster_init::config::{Config, PlanError};
-use cluster_init::{supervisor, telemetry};
+use cluster_init::supervisor;
+use cluster_init::telemetry::{LogFormat, Settings, Telemetry};
+use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
     ExitCode::from(run() as u8)
@@ -26,8 +29,31 @@ fn run() -> i32 {
             return code;
         }
     };
-    telemetry::init_logs(cli.log_format, cli.log_level);
-    let (config, plan) = match Config::from_cli(&cli) {
+    let settings = Settings {
+        log_format: match cli.log_format {
+            cli::LogFormat::Text => LogFormat::Text,
+            cli::LogFormat::Json => LogFormat::Json,
+        },
+        log_level: match cli.log_level {
+            cli::LogLevel::Error => LevelFilter::ERROR,
+            cli::LogLevel::Warn => LevelFilter::WARN,
+            cli::LogLevel::Info => LevelFilter::INFO,
+            cli::LogLevel::Debug => LevelFilter::DEBUG,
+            cli::LogLevel::Trace => LevelFilter::TRACE,
+        },
+        export_command_args: cli.trace_command_args,
+        // Inside the stop timeout, so that flushing spans never makes Kubernetes SIGKILL us.
+        flush_timeout: (cli.stop_timeout / 5)
+            .clamp(Duration::from_millis(200), Duration::from_secs(3)),
+    };
+    let telemetry = match Telemetry::init(&settings, |k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(message) => {
+            eprintln!("cluster-init: {message}");
+            return 2;
+        }
+    };
+    let (config, plan) = match Config::from_cli(&cli, !cli.dry_run) {
         Ok(v) => v,
         Err(PlanError::Usage(message)) => {
             eprintln!("cluster-init: {message}");
@@ -42,5 +68,5 @@ fn run() -> i32 {
         println!("{plan}");
         return 0;
     }
-    supervisor::run(config)
+    supervisor::run(config, telemetry)
 }

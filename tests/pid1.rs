@@ -180,7 +180,7 @@ fn other_signals_are_forwarded_to_every_group() {
          echo up >> {out}/up
          while :; do sleep 0.05; done"
     );
-    let Some(init) = start(Mode::Pid1, &["-w", "2"], &script) else {
+    let Some(init) = start(Mode::Pid1, &["-w", "2", "--hup", "forward"], &script) else {
         return;
     };
     wait_for(LONG, || {

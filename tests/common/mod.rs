@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the binary under test, visible skips, bounded waits.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -190,9 +192,15 @@ impl Init {
 impl Drop for Init {
     fn drop(&mut self) {
         if let Some(pid) = self.init_pid_opt() {
-            if self.child.try_wait().ok().flatten().is_none() {
-                // Workers die with the init (PDEATHSIG; the namespace's end in Pid1 mode).
-                // SAFETY: plain syscall.
+            // As an orchestrator would: SIGTERM, a bounded wait, then SIGKILL (workers die with
+            // the init through PDEATHSIG, or with the namespace in Pid1 mode).
+            // SAFETY: plain syscalls.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            if wait_for(Duration::from_secs(5), || {
+                self.child.try_wait().ok().flatten()
+            })
+            .is_none()
+            {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
@@ -261,4 +269,142 @@ pub fn lines(path: &std::path::Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The test worker (tests/fixtures/server.py) as a command line for cluster-init.
+pub fn py_server() -> Vec<String> {
+    vec![
+        "python3".into(),
+        format!("{}/tests/fixtures/server.py", env!("CARGO_MANIFEST_DIR")),
+    ]
+}
+
+/// One HTTP/1.0 GET over a new connection: (status, body). Bounded by `limit`.
+pub fn http_get(addr: &str, path: &str, limit: Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sock, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).ok();
+    s.set_write_timeout(Some(limit)).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Concurrent clients sending GET / in a loop until finished; every request on a new connection.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(addr: &str, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, addr) = (stop.clone(), addr.to_string());
+                std::thread::spawn(move || {
+                    let (mut ok, mut errors) = (0, Vec::new());
+                    // Bounded even if nobody calls finish.
+                    let end = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                        match http_get(&addr, "/", Duration::from_secs(10)) {
+                            Ok((200, _)) => ok += 1,
+                            Ok((code, body)) => errors.push(format!("{code}: {body}")),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    (ok, errors)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients; returns (succeeded, errors).
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (ok, errors) = t.join().expect("client thread");
+            total.0 += ok;
+            total.1.extend(errors);
+        }
+        total
+    }
+}
+
+/// A virtualenv under target/ with `packages` (pinned) installed, reused while they are the same.
+/// None, after a visible skip, when python3 -m venv or pip cannot work here.
+pub fn venv(name: &str, packages: &[&str]) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join(format!("venv-{name}"));
+    let stamp = dir.join("cluster-init-stamp");
+    let want = packages.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Some(dir);
+    }
+    // Concurrent tests may want the same venv: the first one builds it under a lock file.
+    let _ = std::fs::create_dir_all(dir.parent().unwrap());
+    let lock = std::fs::File::create(dir.with_extension("lock")).expect("lock file");
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Some(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |cmd: &mut std::process::Command, limit: Duration| -> bool {
+        let Ok(mut child) = cmd.stdout(std::process::Stdio::null()).spawn() else {
+            return false;
+        };
+        match wait_for(limit, || child.try_wait().ok().flatten()) {
+            Some(status) => status.success(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            }
+        }
+    };
+    let made = run(
+        std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir),
+        Duration::from_secs(120),
+    );
+    if !require(made, "python3 -m venv") {
+        return None;
+    }
+    let installed = run(
+        std::process::Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+        Duration::from_secs(300),
+    );
+    if !require(installed, &format!("pip install {packages:?} (PyPI)")) {
+        return None;
+    }
+    std::fs::write(&stamp, want).expect("stamp");
+    Some(dir)
 }

@@ -1,0 +1,168 @@
+//! Memory as the kernel accounts it: a worker's PSS including its descendants (for
+//! `--max-worker-memory`), and the cgroup's OOM-kill counter (to name OOM deaths as such).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// parent pid -> child pids, for every process visible in `/proc`.
+pub fn process_tree(proc_root: &Path) -> HashMap<i32, Vec<i32>> {
+    let mut tree: HashMap<i32, Vec<i32>> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return tree;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = ppid(proc_root, pid) {
+            tree.entry(ppid).or_default().push(pid);
+        }
+    }
+    tree
+}
+
+fn ppid(proc_root: &Path, pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Bytes of memory of `root` and all its descendants: PSS where the kernel has
+/// `smaps_rollup` (shared pages are split between sharers, so a prefork server's copy-on-write
+/// pages are not counted once per process), RSS otherwise.
+pub fn tree_bytes(proc_root: &Path, tree: &HashMap<i32, Vec<i32>>, root: i32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root];
+    let mut seen = 0usize;
+    while let Some(pid) = stack.pop() {
+        // pid reuse cannot form a cycle in one snapshot, but a bound costs nothing.
+        seen += 1;
+        if seen > 100_000 {
+            break;
+        }
+        total += process_bytes(proc_root, pid).unwrap_or(0);
+        if let Some(kids) = tree.get(&pid) {
+            stack.extend(kids);
+        }
+    }
+    total
+}
+
+fn process_bytes(proc_root: &Path, pid: i32) -> Option<u64> {
+    let dir = proc_root.join(pid.to_string());
+    if let Ok(rollup) = std::fs::read_to_string(dir.join("smaps_rollup")) {
+        if let Some(kb) = field_kb(&rollup, "Pss:") {
+            return Some(kb * 1024);
+        }
+    }
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    field_kb(&status, "VmRSS:").map(|kb| kb * 1024)
+}
+
+fn field_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Where our memory cgroup's OOM-kill counter lives, if we can find it.
+pub fn oom_counter_file(root: &Path) -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            let f = root
+                .join("sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control");
+            if f.exists() {
+                return Some(f);
+            }
+        }
+        if controllers.is_empty() {
+            for base in ["sys/fs/cgroup", "sys/fs/cgroup/unified"] {
+                let f = root.join(base).join(rel).join("memory.events");
+                if f.exists() {
+                    return Some(f);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The `oom_kill` count in `memory.events` (v2) or `memory.oom_control` (v1).
+pub fn oom_kills(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// With cgroup v2 `memory.oom.group` = 1, one OOM kill takes the whole container down, which
+/// defeats restarting just the worker that grew: worth a warning at start.
+pub fn oom_group_enabled(root: &Path) -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
+    let rel = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim_start_matches('/');
+    ["sys/fs/cgroup", "sys/fs/cgroup/unified"]
+        .iter()
+        .map(|base| root.join(base).join(rel).join("memory.oom.group"))
+        .find(|f| std::fs::read_to_string(f).is_ok_and(|v| v.trim() == "1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_a_tree_including_descendants() {
+        let root = Path::new("/proc");
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let tree = process_tree(root);
+        assert!(tree
+            .get(&me)
+            .is_some_and(|k| k.contains(&(child.id() as i32))));
+        let alone = process_bytes(root, me).unwrap();
+        let with_child = tree_bytes(root, &tree, me);
+        assert!(with_child > alone, "{with_child} <= {alone}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn reads_oom_counters_and_oom_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("proc/self")).unwrap();
+        std::fs::create_dir_all(r.join("sys/fs/cgroup/pod")).unwrap();
+        std::fs::write(r.join("proc/self/cgroup"), "0::/pod\n").unwrap();
+        std::fs::write(
+            r.join("sys/fs/cgroup/pod/memory.events"),
+            "low 0\noom 2\noom_kill 3\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("sys/fs/cgroup/pod/memory.oom.group"), "1\n").unwrap();
+        let f = oom_counter_file(r).expect("found");
+        assert_eq!(oom_kills(&f), Some(3));
+        assert!(oom_group_enabled(r).is_some());
+    }
+}

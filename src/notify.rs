@@ -1,0 +1,727 @@
+//! The sd_notify server (`--ready notify`): the `NOTIFY_SOCKET` our workers report to.
+//!
+//! The protocol, as in `sd_notify(3)`: a worker sends datagrams to the `AF_UNIX` `SOCK_DGRAM`
+//! socket named in `NOTIFY_SOCKET`; each datagram holds newline-separated `KEY=VALUE`
+//! assignments. We understand:
+//!
+//! | assignment        | meaning                                                |
+//! |-------------------|--------------------------------------------------------|
+//! | `READY=1`         | the worker is ready to serve                           |
+//! | `RELOADING=1`     | the worker is reloading; `READY=1` follows when done   |
+//! | `STOPPING=1`      | the worker is shutting down                            |
+//! | `STATUS=text`     | a human-readable status line                           |
+//! | `WATCHDOG=1`      | watchdog keep-alive                                    |
+//! | `WATCHDOG=trigger`| the worker asks to be treated as hung                  |
+//! | `MAINPID=n`       | the worker's main process is `n`                       |
+//! | `ERRNO=n`         | the worker failed with errno `n`                       |
+//!
+//! Anything else (`WATCHDOG_USEC=`, `FDSTORE=1`, ...) comes through as [`Notice::Other`].
+//!
+//! Who sent a datagram is told by the kernel, not by the sender: the socket has `SO_PASSCRED`,
+//! so each datagram carries the sender's pid. A message from a worker's descendant (the
+//! children of a pre-forking master) counts for that worker: [`owning_worker`] walks the
+//! parent chain in `/proc` up to a known worker pid.
+//!
+//! Nothing a worker sends may cost PID 1 more than one bounded read: a datagram over
+//! [`MAX_DATAGRAM`] bytes is dropped, and file descriptors passed along (`SCM_RIGHTS`, as for
+//! `FDSTORE=1`, which we do not offer) are closed on arrival so they cannot pile up in PID 1.
+//!
+//! Where the socket lives: [`NotifyServer::bind_default`] tries `/run/cluster-init/notify.sock`
+//! and, when `/run` is read-only or missing, `$TMPDIR/cluster-init-<pid>/notify.sock` (`/tmp`
+//! without `TMPDIR`). The directory is ours (mode 0755); the socket is mode 0666 so workers that
+//! dropped privileges can still send. Both are removed when the server is dropped.
+
+use std::ffi::OsStr;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    bind, recvmsg, sendto, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned,
+    MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tracing::{debug, warn};
+
+/// Largest datagram we accept; systemd uses the same bound (`PIPE_BUF`). Longer ones are
+/// truncated by the kernel and dropped by us.
+pub const MAX_DATAGRAM: usize = 4096;
+/// Bound on the `/proc` walk from a sender up to its worker.
+pub const MAX_ANCESTRY: usize = 64;
+/// After this many datagrams dropped in a row, `recv` yields to the rest of the loop, so that a
+/// flood of junk cannot keep PID 1 in one call.
+const DROPS_BEFORE_YIELD: u32 = 32;
+/// `SCM_MAX_FD` in Linux: the most fds one datagram can carry.
+const SCM_MAX_FD: usize = 253;
+
+/// One assignment of an sd_notify datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Ready,
+    Stopping,
+    Reloading,
+    Watchdog,
+    /// `WATCHDOG=trigger`: the worker reports itself hung.
+    WatchdogTrigger,
+    Status(String),
+    MainPid(i32),
+    Errno(i32),
+    /// Any other well-formed `KEY=VALUE` line, kept whole.
+    Other(String),
+}
+
+/// Parses one datagram. Tolerant on purpose: lines that are not UTF-8 or not `KEY=VALUE`, and
+/// known keys with values we cannot use (`MAINPID=abc`, `READY=0`), are skipped.
+pub fn parse(datagram: &[u8]) -> Vec<Notice> {
+    datagram
+        .split(|&b| b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            match (key, value) {
+                ("READY", "1") => Some(Notice::Ready),
+                ("STOPPING", "1") => Some(Notice::Stopping),
+                ("RELOADING", "1") => Some(Notice::Reloading),
+                ("WATCHDOG", "1") => Some(Notice::Watchdog),
+                ("WATCHDOG", "trigger") => Some(Notice::WatchdogTrigger),
+                ("STATUS", text) => Some(Notice::Status(text.to_string())),
+                ("MAINPID", n) => n.parse().ok().filter(|&p| p > 0).map(Notice::MainPid),
+                ("ERRNO", n) => n.parse().ok().filter(|&e| e >= 0).map(Notice::Errno),
+                ("READY" | "STOPPING" | "RELOADING" | "WATCHDOG", _) => None,
+                ("", _) => None,
+                _ => Some(Notice::Other(line.to_string())),
+            }
+        })
+        .collect()
+}
+
+/// The bound notify socket. Dropping it removes the socket file (and the directory we made).
+pub struct NotifyServer {
+    fd: AsyncFd<OwnedFd>,
+    path: PathBuf,
+    /// The directory, if we created it (and so should remove it).
+    made_dir: Option<PathBuf>,
+}
+
+impl NotifyServer {
+    /// Binds at `/run/cluster-init/notify.sock`, or under `$TMPDIR` (else `/tmp`) in
+    /// `cluster-init-<pid>/` when `/run` cannot be written. Must be called inside the runtime.
+    pub fn bind_default() -> Result<NotifyServer, String> {
+        let run = Path::new("/run/cluster-init/notify.sock");
+        match NotifyServer::bind(run) {
+            Ok(s) => Ok(s),
+            Err(first) => {
+                let tmp = std::env::var_os("TMPDIR")
+                    .filter(|t| !t.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/tmp"));
+                let dir = tmp.join(format!("cluster-init-{}", std::process::id()));
+                NotifyServer::bind(&dir.join("notify.sock"))
+                    .map_err(|second| format!("{first}; and {second}"))
+            }
+        }
+    }
+
+    /// Binds a datagram socket at `path`, creating its directory (mode 0755) if missing. A stale
+    /// socket left at `path` by an earlier run is replaced. Must be called inside the runtime
+    /// (the socket is registered with its reactor).
+    pub fn bind(path: &Path) -> Result<NotifyServer, String> {
+        let what = |e: &dyn std::fmt::Display| {
+            format!("cannot bind notify socket {}: {e}", path.display())
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .ok_or_else(|| what(&"no directory"))?;
+        let made_dir = ensure_dir(dir).map_err(|e| what(&e))?;
+        // From here on, a failure must not leave our new directory behind.
+        let cleanup = |msg: String| {
+            if let Some(d) = &made_dir {
+                let _ = std::fs::remove_dir(d);
+            }
+            msg
+        };
+        remove_stale_socket(path).map_err(|e| cleanup(what(&e)))?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| cleanup(what(&e)))?;
+        // Without SO_PASSCRED the kernel attaches no sender pid, and we could not tell workers apart.
+        setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| cleanup(what(&e)))?;
+        let addr = UnixAddr::new(path).map_err(|e| cleanup(what(&e)))?;
+        bind(fd.as_raw_fd(), &addr).map_err(|e| cleanup(what(&e)))?;
+        // bind() honours our umask; workers under another uid need write permission to send.
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
+            let _ = std::fs::remove_file(path);
+            return Err(cleanup(what(&e)));
+        }
+        // SAFETY: an OwnedFd keeps its fd open and unchanged for as long as it lives, and the
+        // AsyncFd owns it from here on, which is what `register` asks.
+        let fd = match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                let e = io::Error::from(e);
+                let _ = std::fs::remove_file(path);
+                return Err(cleanup(what(&e)));
+            }
+        };
+        Ok(NotifyServer {
+            fd,
+            path: path.to_path_buf(),
+            made_dir,
+        })
+    }
+
+    /// The socket's path: what workers get as `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next datagram worth handing on: its sender's pid and its notices. Datagrams that are
+    /// oversized, carry no credentials, or hold no assignment are dropped here.
+    ///
+    /// Cancel-safe: a datagram is either returned or was never taken off the socket (the read
+    /// itself never awaits), so this can sit in a `tokio::select!` arm.
+    ///
+    /// An error comes from the kernel (ENOMEM, say), not from a sender: log it and call again.
+    pub async fn recv(&self) -> io::Result<(i32, Vec<Notice>)> {
+        let mut dropped = 0u32;
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let got = match guard.try_io(|fd| receive_one(fd.get_ref().as_raw_fd())) {
+                Ok(Ok(got)) => got,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                // Spurious readiness: try_io cleared it; wait again.
+                Err(_would_block) => continue,
+            };
+            if let Some(msg) = got {
+                return Ok(msg);
+            }
+            dropped += 1;
+            if dropped % DROPS_BEFORE_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+impl Drop for NotifyServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.made_dir {
+            // Only succeeds if empty: we never remove what someone else put there.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Creates `dir` (mode 0755) if missing and returns it if we made it. An existing directory is
+/// accepted only if it is a real directory owned by us: a symlink or someone else's directory
+/// could redirect our socket.
+fn ensure_dir(dir: &Path) -> io::Result<Option<PathBuf>> {
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {
+            // The umask may have taken bits we need (search permission for other uids).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            Ok(Some(dir.to_path_buf()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir)?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != euid {
+                return Err(io::Error::other(format!(
+                    "{} exists and is not a directory of ours",
+                    dir.display()
+                )));
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a socket left at `path` by an earlier run; refuses to remove anything else.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes one datagram off the socket. `Ok(None)`: it was taken and dropped.
+/// `Err(WouldBlock)` tells `try_io` the socket is drained.
+fn receive_one(fd: RawFd) -> io::Result<Option<(i32, Vec<Notice>)>> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; SCM_MAX_FD]);
+    // MSG_CMSG_CLOEXEC: any fd we are handed must not reach a worker we fork before closing it.
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let (bytes, flags) = (msg.bytes, msg.flags);
+
+    // Credentials and fds are read before anything else is checked: whatever we then do with
+    // the datagram, its fds must be closed.
+    let mut sender = None;
+    match msg.cmsgs() {
+        Ok(cmsgs) => {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
+                    ControlMessageOwned::ScmRights(fds) => close_passed_fds(&fds),
+                    _ => {}
+                }
+            }
+        }
+        // Cannot happen with room for SCM_MAX_FD fds plus credentials; if it does, nix will
+        // not let us see which fds arrived.
+        Err(_) => warn!("notify socket: control data truncated; passed fds may leak"),
+    }
+
+    if flags.contains(MsgFlags::MSG_TRUNC) {
+        debug!(pid = ?sender, "notify socket: datagram over {MAX_DATAGRAM} bytes dropped");
+        return Ok(None);
+    }
+    let Some(pid) = sender.filter(|&p| p > 0) else {
+        // pid 0: the sender is in a pid namespace we cannot see.
+        debug!("notify socket: datagram without a usable sender pid dropped");
+        return Ok(None);
+    };
+    let notices = parse(&buf[..bytes]);
+    if notices.is_empty() {
+        debug!(pid, "notify socket: datagram with no assignment dropped");
+        return Ok(None);
+    }
+    Ok(Some((pid, notices)))
+}
+
+fn close_passed_fds(fds: &[RawFd]) {
+    if !fds.is_empty() {
+        debug!(count = fds.len(), "notify socket: closing fds passed to us");
+    }
+    for &fd in fds {
+        // SAFETY: the kernel installed these fds in our table for this message alone; nothing
+        // else knows them, so taking ownership (and closing on drop) cannot close a stranger's fd.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+/// Walks the parent chain from `pid` (at most [`MAX_ANCESTRY`] steps) until `is_worker` says yes,
+/// and returns that worker's pid. `None` when the chain ends (pid 1, or a process already gone,
+/// or an orphan re-parented away from its worker) without meeting a worker.
+///
+/// `proc_root` is `/proc` outside of tests.
+pub fn owning_worker(proc_root: &Path, pid: i32, is_worker: impl Fn(i32) -> bool) -> Option<i32> {
+    let mut pid = pid;
+    for _ in 0..MAX_ANCESTRY {
+        if pid <= 0 {
+            return None;
+        }
+        if is_worker(pid) {
+            return Some(pid);
+        }
+        let parent = match parent_pid(proc_root, pid) {
+            Some(p) => p,
+            None => {
+                debug!(pid, "notify: sender is gone; its message is dropped");
+                return None;
+            }
+        };
+        // pid 1 (we, or the namespace's init) has no worker above it; a self-parent would loop.
+        if parent <= 1 || parent == pid {
+            return None;
+        }
+        pid = parent;
+    }
+    None
+}
+
+/// The ppid from `/proc/PID/stat`. The command name (field 2) is in parentheses and may itself
+/// contain spaces and parentheses, so we parse from the last `)`.
+fn parent_pid(proc_root: &Path, pid: i32) -> Option<i32> {
+    let stat = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name: state, then ppid.
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// Sends `msg` (e.g. `READY=1`) to our own `NOTIFY_SOCKET`, for when cluster-init itself runs
+/// under systemd or another supervisor. `Ok(false)` when `NOTIFY_SOCKET` is unset.
+pub fn notify_upstream(msg: &str) -> io::Result<bool> {
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(target) if !target.is_empty() => notify_socket(&target, msg).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Sends one sd_notify datagram to `target`: a path, or an abstract name written `@name`.
+/// Never blocks: a full receive queue is an error (`WouldBlock`) for the caller to warn about.
+pub fn notify_socket(target: &OsStr, msg: &str) -> io::Result<()> {
+    let bytes = target.as_bytes();
+    let addr = match bytes.first() {
+        Some(b'@') => UnixAddr::new_abstract(&bytes[1..]),
+        Some(b'/') => UnixAddr::new(Path::new(target)),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("NOTIFY_SOCKET={target:?}: only paths and @abstract names are supported"),
+            ))
+        }
+    }
+    .map_err(io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let sent = sendto(
+        fd.as_raw_fd(),
+        msg.as_bytes(),
+        &addr,
+        MsgFlags::MSG_NOSIGNAL,
+    )
+    .map_err(io::Error::from)?;
+    if sent != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "notify datagram sent short",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn parse_table() {
+        use Notice::*;
+        let cases: &[(&[u8], Vec<Notice>)] = &[
+            (b"READY=1", vec![Ready]),
+            (b"READY=1\n", vec![Ready]),
+            (
+                b"READY=1\nSTATUS=serving on :8080\nMAINPID=4242",
+                vec![Ready, Status("serving on :8080".into()), MainPid(4242)],
+            ),
+            (b"STOPPING=1", vec![Stopping]),
+            (b"RELOADING=1", vec![Reloading]),
+            (b"WATCHDOG=1", vec![Watchdog]),
+            (b"WATCHDOG=trigger", vec![WatchdogTrigger]),
+            (b"ERRNO=2", vec![Errno(2)]),
+            (b"STATUS=", vec![Status(String::new())]),
+            (b"STATUS=a=b", vec![Status("a=b".into())]),
+            (
+                b"WATCHDOG_USEC=500000",
+                vec![Other("WATCHDOG_USEC=500000".into())],
+            ),
+            (
+                b"FDSTORE=1\nFDNAME=x",
+                vec![Other("FDSTORE=1".into()), Other("FDNAME=x".into())],
+            ),
+            (b"READY=0", vec![]),
+            (b"MAINPID=abc\nMAINPID=-3\nMAINPID=0", vec![]),
+            (b"ERRNO=-1\nERRNO=x", vec![]),
+            (b"no equals sign", vec![]),
+            (b"=value", vec![]),
+            (b"", vec![]),
+            (b"\n\n", vec![]),
+            (b"STATUS=\xff\xfe\nREADY=1", vec![Ready]),
+        ];
+        for (datagram, want) in cases {
+            assert_eq!(
+                &parse(datagram),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(datagram)
+            );
+        }
+    }
+
+    /// Runs `python3 -c code` with the socket path as argv[1]; stdin is a pipe the child (and
+    /// its children) may block on, so they stay alive until we drop it.
+    fn python(code: &str, path: &Path) -> Child {
+        Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3 runs")
+    }
+
+    fn finish(mut child: Child) {
+        drop(child.stdin.take());
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "helper failed: {status}");
+    }
+
+    async fn recv_in_time(server: &NotifyServer) -> (i32, Vec<Notice>) {
+        tokio::time::timeout(RECV_TIMEOUT, server.recv())
+            .await
+            .expect("datagram in time")
+            .expect("recv")
+    }
+
+    const SEND_AND_WAIT: &str = "
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b'READY=1\\nSTATUS=up', sys.argv[1])
+sys.stdin.read()
+";
+
+    #[tokio::test]
+    async fn datagram_from_child_carries_its_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NotifyServer::bind(&dir.path().join("n/notify.sock")).expect("bind");
+        let child = python(SEND_AND_WAIT, server.path());
+        let (pid, notices) = recv_in_time(&server).await;
+        assert_eq!(pid, child.id() as i32);
+        assert_eq!(notices, vec![Notice::Ready, Notice::Status("up".into())]);
+        assert_eq!(
+            owning_worker(Path::new("/proc"), pid, |p| p == pid),
+            Some(pid)
+        );
+        finish(child);
+    }
+
+    #[tokio::test]
+    async fn grandchild_message_maps_to_the_child() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        // The child plays a pre-forking master; its own child sends and then waits on stdin.
+        let master = "
+import subprocess, sys
+subprocess.run([sys.executable, '-c', sys.argv[2], sys.argv[1]], check=True)
+";
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(master)
+            .arg(server.path())
+            .arg(SEND_AND_WAIT)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let worker = child.id() as i32;
+        let (sender, notices) = recv_in_time(&server).await;
+        assert_ne!(sender, worker, "the grandchild sent it");
+        assert_eq!(notices[0], Notice::Ready);
+        assert_eq!(
+            owning_worker(Path::new("/proc"), sender, |p| p == worker),
+            Some(worker)
+        );
+        // Not a descendant of any worker: no owner.
+        assert_eq!(owning_worker(Path::new("/proc"), sender, |p| p == -5), None);
+        finish(child);
+        // The sender is gone now: the message cannot be attributed.
+        assert_eq!(
+            owning_worker(Path::new("/proc"), sender, |p| p == worker),
+            None
+        );
+    }
+
+    /// Every fd target of ours that names `needle`.
+    fn open_fds_naming(needle: &str) -> Vec<PathBuf> {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|target| target.to_string_lossy().contains(needle))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn passed_fds_are_closed_on_arrival() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        // A file only this test opens: finding it in /proc/self/fd is exact even while other
+        // tests open and close fds in parallel (a bare count would race with them).
+        let marker = dir.path().join("passed-fd-marker");
+        std::fs::write(&marker, b"x").expect("marker");
+        let code = "
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(sys.argv[1])
+fds = [os.open(sys.argv[2], os.O_RDONLY) for _ in range(3)]
+socket.send_fds(s, [b'FDSTORE=1\\nREADY=1'], fds)
+";
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .arg(server.path())
+            .arg(&marker)
+            .spawn()
+            .expect("python3 runs");
+        let (_, notices) = recv_in_time(&server).await;
+        assert_eq!(
+            notices,
+            vec![Notice::Other("FDSTORE=1".into()), Notice::Ready]
+        );
+        assert_eq!(open_fds_naming("passed-fd-marker"), Vec::<PathBuf>::new());
+        finish(child);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_empty_datagrams_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        let client = UnixDatagram::unbound().expect("socket");
+        let mut big = b"STATUS=".to_vec();
+        big.resize(MAX_DATAGRAM + 100, b'x');
+        client.send_to(&big, server.path()).expect("send big");
+        client.send_to(b"", server.path()).expect("send empty");
+        client
+            .send_to(b"garbage\n\xff", server.path())
+            .expect("send junk");
+        client.send_to(b"STOPPING=1", server.path()).expect("send");
+        let (pid, notices) = recv_in_time(&server).await;
+        assert_eq!(pid, std::process::id() as i32);
+        assert_eq!(notices, vec![Notice::Stopping]);
+    }
+
+    #[tokio::test]
+    async fn socket_is_open_to_all_and_removed_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock_dir = dir.path().join("ours");
+        let path = sock_dir.join("notify.sock");
+        // A stale socket from an earlier run is replaced.
+        std::fs::create_dir(&sock_dir).expect("mkdir");
+        drop(UnixDatagram::bind(&path).expect("stale socket"));
+        let server = NotifyServer::bind(&path).expect("bind over stale socket");
+        let meta = std::fs::metadata(&path).expect("socket file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+        drop(server);
+        assert!(!path.exists());
+        assert!(sock_dir.exists(), "a directory we did not make stays");
+
+        let made = dir.path().join("made");
+        let server = NotifyServer::bind(&made.join("notify.sock")).expect("bind");
+        let meta = std::fs::metadata(&made).expect("dir");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        drop(server);
+        assert!(!made.exists(), "a directory we made goes");
+
+        // Not a socket: never removed.
+        let file = dir.path().join("regular");
+        std::fs::write(&file, b"keep").expect("file");
+        let err = NotifyServer::bind(&file).err().expect("refused");
+        assert!(err.contains("not a socket"), "{err}");
+        assert!(file.exists());
+    }
+
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        // A recv abandoned while waiting loses nothing sent afterwards.
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), server.recv()).await;
+        assert!(abandoned.is_err());
+        let client = UnixDatagram::unbound().expect("socket");
+        client.send_to(b"WATCHDOG=1", server.path()).expect("send");
+        assert_eq!(recv_in_time(&server).await.1, vec![Notice::Watchdog]);
+    }
+
+    #[test]
+    fn owning_worker_walks_a_fake_proc() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let stat = |pid: i32, comm: &str, ppid: i32| {
+            let d = root.path().join(pid.to_string());
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} ({comm}) S {ppid} {pid} {pid} 0 -1\n"),
+            )
+            .expect("stat");
+        };
+        stat(100, "gunicorn", 1);
+        // A name with spaces and parentheses must not shift the fields.
+        stat(200, "worker) S 7 (x", 100);
+        stat(300, "thread", 200);
+        stat(400, "orphan", 1);
+        stat(500, "parent gone", 999);
+        let worker = |p: i32| p == 100;
+        assert_eq!(owning_worker(root.path(), 300, worker), Some(100));
+        assert_eq!(owning_worker(root.path(), 100, worker), Some(100));
+        assert_eq!(owning_worker(root.path(), 400, worker), None);
+        assert_eq!(owning_worker(root.path(), 500, worker), None);
+        assert_eq!(owning_worker(root.path(), 12345, worker), None);
+        assert_eq!(owning_worker(root.path(), 0, worker), None);
+
+        // A chain longer than the bound is given up on.
+        for pid in 1000..1100 {
+            stat(pid, "deep", pid + 1);
+        }
+        stat(1100, "top", 1);
+        assert_eq!(owning_worker(root.path(), 1000, |p| p == 1100), None);
+        assert_eq!(owning_worker(root.path(), 1050, |p| p == 1100), Some(1100));
+    }
+
+    #[test]
+    fn notify_socket_reaches_a_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("upstream.sock");
+        let upstream = UnixDatagram::bind(&path).expect("bind");
+        notify_socket(path.as_os_str(), "READY=1").expect("send");
+        let mut buf = [0u8; 64];
+        let n = upstream.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn notify_socket_reaches_an_abstract_name() {
+        let name = format!("cluster-init-test-{}", std::process::id());
+        let upstream = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let addr = UnixAddr::new_abstract(name.as_bytes()).expect("addr");
+        bind(upstream.as_raw_fd(), &addr).expect("bind abstract");
+        let upstream = UnixDatagram::from(upstream);
+        upstream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        notify_socket(OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send");
+        let mut buf = [0u8; 64];
+        let n = upstream.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"STOPPING=1");
+    }
+
+    #[test]
+    fn notify_socket_refuses_what_it_cannot_reach() {
+        let err = notify_socket(OsStr::new("vsock:2:1234"), "READY=1").expect_err("unsupported");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nobody-listens");
+        assert!(notify_socket(missing.as_os_str(), "READY=1").is_err());
+    }
+}

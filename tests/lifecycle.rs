@@ -1,0 +1,390 @@
+//! Readiness, rolling reload, runtime scaling, memory caps, the watchdog, and the admin
+//! endpoint that shows them, against the built binary and real servers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{free_port, http_get, py_server, wait_for, Init, Load, Mode};
+
+const LONG: Duration = Duration::from_secs(20);
+
+struct Pool {
+    init: Init,
+    addr: String,
+    admin: String,
+}
+
+fn pool(opts: &[&str], env: &[(&str, &str)]) -> Pool {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        addr.clone(),
+        "--admin-listen".into(),
+        admin.clone(),
+    ];
+    args.extend(opts.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.extend(py_server());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let init = Init::start(Mode::Subreaper, &args, env).expect("subreaper mode needs nothing");
+    Pool { init, addr, admin }
+}
+
+impl Pool {
+    fn get(&self, path: &str) -> (u16, String) {
+        wait_for(Duration::from_secs(5), || {
+            http_get(&self.admin, path, Duration::from_secs(2)).ok()
+        })
+        .unwrap_or_else(|| panic!("admin {path} unreachable; log:\n{}", self.init.log()))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status").1).expect("/status is JSON")
+    }
+
+    /// (pid, generation) of workers in a state.
+    fn workers_in(&self, state: &str) -> Vec<(i64, i64)> {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == state)
+            .map(|w| {
+                (
+                    w["pid"].as_i64().unwrap_or(0),
+                    w["generation"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait_status(
+        &self,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(LONG, || {
+            let s = self.status();
+            ok(&s).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("never {what}: {}; log:\n{}", self.status(), self.init.log()))
+    }
+}
+
+#[test]
+fn ready_1_flips_readyz_from_503_to_200() {
+    let p = pool(
+        &["-w", "2", "--ready", "notify"],
+        &[("NOTIFY", "1"), ("READY_DELAY", "1.5")],
+    );
+    assert_eq!(p.get("/readyz").0, 503, "ready before any READY=1");
+    assert_eq!(p.get("/livez").0, 200);
+    let s = p.status();
+    assert!(
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "starting"),
+        "{s}"
+    );
+    wait_for(LONG, || (p.get("/readyz").0 == 200).then_some(())).expect("ready after READY=1");
+    p.wait_status("both ready", |s| {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "ready")
+    });
+}
+
+#[test]
+fn a_worker_that_never_gets_ready_is_restarted_with_backoff() {
+    let p = pool(
+        &[
+            "-w",
+            "1",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "400ms",
+            "--backoff-initial",
+            "200ms",
+        ],
+        &[],
+    );
+    let s = p.wait_status("restarted twice", |s| {
+        s["workers"][0]["restarts"].as_u64() >= Some(2)
+    });
+    assert_eq!(p.get("/readyz").0, 503, "{s}");
+    assert!(
+        p.init.log().matches("not ready after").count() >= 2,
+        "log:\n{}",
+        p.init.log()
+    );
+    let metrics = p.get("/metrics").1;
+    assert!(
+        metrics.contains("cluster_init_worker_exits_total{reason=\"ready_timeout\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sighup_under_load_replaces_every_worker_without_a_failed_request() {
+    let p = pool(
+        &["-w", "2", "--ready", "notify", "--stop-timeout", "5s"],
+        &[("NOTIFY", "1"), ("READY_DELAY", "0.3")],
+    );
+    p.wait_status("ready", |s| s["ready"] == true);
+    let before: HashSet<i64> = p
+        .workers_in("ready")
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    let load = Load::start(&p.addr, 8);
+    std::thread::sleep(Duration::from_millis(500));
+    p.init.signal(libc::SIGHUP);
+    let s = p.wait_status("all replaced with generation 2", |s| {
+        let ws = s["workers"].as_array().unwrap();
+        ws.len() == 2
+            && ws
+                .iter()
+                .all(|w| w["generation"] == 2 && w["state"] == "ready")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed during the reload: {:?}",
+        errors.len(),
+        ok + errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests");
+    let after: HashSet<i64> = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect();
+    assert!(
+        before.is_disjoint(&after),
+        "not every worker was replaced: {before:?} -> {after:?}"
+    );
+    let (_, body) = http_get(&p.addr, "/", Duration::from_secs(5)).unwrap();
+    assert!(body.ends_with("gen 2\n"), "{body}");
+    assert_eq!(s["generation"], 2);
+}
+
+#[test]
+fn ttin_and_ttou_change_the_pool_by_one() {
+    let mut p = pool(&["-w", "2"], &[]);
+    p.wait_status("2 ready", |s| s["workers"].as_array().unwrap().len() == 2);
+    p.init.signal(libc::SIGTTIN);
+    let s = p.wait_status("3 ready", |s| {
+        s["desired"] == 3
+            && s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "ready")
+                .count()
+                == 3
+    });
+    assert!(
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["slot"] == 2),
+        "{s}"
+    );
+    // The new slot serves on its own socket.
+    wait_for(LONG, || {
+        let (_, body) = http_get(&p.addr, "/", Duration::from_secs(5)).ok()?;
+        body.starts_with("worker 2 ").then_some(())
+    })
+    .expect("slot 2 answers");
+    for want in [2, 1, 1] {
+        p.init.signal(libc::SIGTTOU);
+        p.wait_status(&format!("{want} workers"), |s| {
+            s["desired"] == want && s["workers"].as_array().unwrap().len() == want as usize
+        });
+    }
+    assert_eq!(p.init.workers().len(), 1);
+    p.init.signal(libc::SIGTERM);
+    assert_eq!(p.init.wait(LONG), Some(0), "log:\n{}", p.init.log());
+}
+
+#[test]
+fn a_worker_growing_past_the_memory_cap_is_replaced() {
+    let p = pool(
+        &[
+            "-w",
+            "1",
+            "--max-worker-memory",
+            "80M",
+            "--memory-check-interval",
+            "300ms",
+        ],
+        &[("GROW_MB", "25")],
+    );
+    let first =
+        p.wait_status("started", |s| s["workers"][0]["pid"].is_i64())["workers"][0]["pid"].as_i64();
+    let s = p.wait_status("replaced", |s| {
+        let ws = s["workers"].as_array().unwrap();
+        ws.iter()
+            .any(|w| w["state"] == "ready" && w["pid"].as_i64() != first)
+    });
+    assert!(
+        p.init.log().contains("over the 80 MiB cap"),
+        "log:\n{}",
+        p.init.log()
+    );
+    let metrics = p.get("/metrics").1;
+    wait_for(LONG, || {
+        p.get("/metrics")
+            .1
+            .contains("cluster_init_worker_exits_total{reason=\"memory_cap\"} 1")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no memory_cap exit counted: {metrics}\n{s}"));
+}
+
+#[test]
+fn a_worker_that_stops_pinging_the_watchdog_is_aborted_and_restarted() {
+    // WATCHDOG unset in the env: the server never pings.
+    let p = pool(
+        &[
+            "-w",
+            "1",
+            "--watchdog",
+            "500ms",
+            "--stop-timeout",
+            "1s",
+            "--backoff-initial",
+            "100ms",
+        ],
+        &[],
+    );
+    p.wait_status("restarted", |s| {
+        s["workers"][0]["restarts"].as_u64() >= Some(1)
+    });
+    assert!(
+        p.init.log().contains("watchdog expired"),
+        "log:\n{}",
+        p.init.log()
+    );
+    assert!(p
+        .get("/metrics")
+        .1
+        .contains("cluster_init_worker_exits_total{reason=\"watchdog\"}"));
+}
+
+#[test]
+fn a_worker_that_pings_the_watchdog_lives_on() {
+    let p = pool(&["-w", "1", "--watchdog", "400ms"], &[("WATCHDOG", "1")]);
+    let pid =
+        p.wait_status("started", |s| s["workers"][0]["pid"].is_i64())["workers"][0]["pid"].as_i64();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = p.status();
+    assert_eq!(
+        s["workers"][0]["pid"].as_i64(),
+        pid,
+        "restarted although it pinged: {s}"
+    );
+    assert_eq!(s["workers"][0]["restarts"], 0);
+}
+
+#[test]
+fn metrics_and_status_parse() {
+    let p = pool(&["-w", "2"], &[]);
+    p.wait_status("2 ready", |s| s["ready"] == true);
+    let (code, text) = p.get("/metrics");
+    assert_eq!(code, 200);
+    let mut typed = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split_whitespace().next().unwrap().to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        // name{labels} value
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            typed.contains(name),
+            "{name} has no # TYPE before its samples"
+        );
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+    }
+    for needed in [
+        "cluster_init_workers{state=\"ready\"} 2",
+        "cluster_init_restarts_total 0",
+        "cluster_init_cpu_budget",
+        "cluster_init_ready 1",
+    ] {
+        assert!(text.contains(needed), "{needed} missing in\n{text}");
+    }
+    let s = p.status();
+    let w = &s["workers"][0];
+    for field in [
+        "slot",
+        "pid",
+        "state",
+        "generation",
+        "restarts",
+        "started_at",
+        "last_exit",
+    ] {
+        assert!(w.get(field).is_some(), "{field} missing in {s}");
+    }
+}
+
+#[test]
+fn readyz_turns_503_as_soon_as_the_pool_stops() {
+    let mut p = pool(
+        &["-w", "1", "--stop-timeout", "5s"],
+        &[("STOP_DELAY", "1.5")],
+    );
+    // Serving, so its SIGTERM handler is in place.
+    wait_for(LONG, || http_get(&p.addr, "/", Duration::from_secs(1)).ok()).expect("serving");
+    p.init.signal(libc::SIGTERM);
+    // While the worker drains, the pod must leave the Service (503) but stay alive (200).
+    wait_for(Duration::from_secs(1), || {
+        (p.get("/readyz").0 == 503).then_some(())
+    })
+    .expect("/readyz 503 while stopping");
+    assert_eq!(p.get("/livez").0, 200, "liveness failed mid-drain");
+    assert_eq!(p.status()["workers"][0]["state"], "stopping");
+    assert_eq!(p.init.wait(LONG), Some(0), "log:\n{}", p.init.log());
+}
+
+#[test]
+fn the_ready_pool_is_announced_upstream() {
+    let dir = common::scratch();
+    let path = dir.path().join("upstream.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let p = pool(&["-w", "1"], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 upstream");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Our own NOTIFY_SOCKET is not the workers': theirs is cluster-init's.
+    let (_, info) = http_get(&p.addr, "/info", Duration::from_secs(5)).unwrap();
+    assert!(!info.contains(path.to_str().unwrap()), "{info}");
+}
