@@ -110,6 +110,7 @@ impl Config {
         }
         let plan = json!({
             "workers": workers,
+            "sizing": sizing,
             "workers_spec": cli.workers.to_string(),
             "command": program.argv_lossy(),
             "cpu": budget.to_json(cli.cpu_round, max),

@@ -65,6 +65,7 @@ fn run() -> i32 {
         }
     };
     if cli.dry_run {
+        tracing::info!("{}", config.sizing);
         println!("{plan}");
         return 0;
     }

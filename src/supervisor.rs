@@ -25,7 +25,7 @@ use crate::notify::{self, Notice, NotifyServer};
 use crate::signals::{meaning, Meaning, Signals};
 use crate::spawn::{self, EnvBlock};
 use crate::status::Exit;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, WorkerLife};
 use crate::worker::{Slot, SlotState, StopReason, Worker, WorkerState};
 
 /// During a stop, how often we look whether a worker's process group has emptied (its leader's
@@ -462,17 +462,19 @@ impl Supervisor {
             Exit::Code(c) => Some(c),
             Exit::Signal(_) => None,
         };
+        if oom {
+            w.life.in_scope(|| {
+                warn!(
+                    cluster_init.worker.slot = w.slot,
+                    process.pid = pid,
+                    "worker was killed by the kernel's OOM killer"
+                )
+            });
+        }
         self.telemetry
             .worker_exited(w.life, code, signal.as_deref(), killed);
         if let Some(slot) = self.slots.get_mut(w.slot as usize) {
             slot.last_exit = Some(exit.to_string());
-        }
-        if oom {
-            warn!(
-                cluster_init.worker.slot = w.slot,
-                process.pid = pid,
-                "worker was killed by the kernel's OOM killer"
-            );
         }
         let lived = w.started.elapsed();
 
@@ -693,12 +695,7 @@ impl Supervisor {
         self.slots.push(new_slot(&self.cfg, from, seed));
         info!("SIGTTIN: scaling {from} -> {}", from + 1);
         self.start(from, None);
-        let lives: Vec<_> = self
-            .workers
-            .iter()
-            .filter(|w| w.slot == from)
-            .map(|w| &w.life)
-            .collect();
+        let lives = lives_in(&self.workers, from);
         self.telemetry.scale(from, from + 1, &lives);
     }
 
@@ -721,12 +718,7 @@ impl Supervisor {
             }
         }
         self.cfg.listeners.remove_slot();
-        let lives: Vec<_> = self
-            .workers
-            .iter()
-            .filter(|w| w.slot == id)
-            .map(|w| &w.life)
-            .collect();
+        let lives = lives_in(&self.workers, id);
         self.telemetry.scale(from, id, &lives);
     }
 
@@ -766,12 +758,14 @@ impl Supervisor {
 
     fn watchdog_expired(&mut self, i: usize) {
         let w = &mut self.workers[i];
-        warn!(
-            cluster_init.worker.slot = w.slot,
-            process.pid = w.pid,
-            "watchdog expired: SIGABRT, SIGKILL after {:?}",
-            self.cfg.stop_timeout
-        );
+        w.life.in_scope(|| {
+            warn!(
+                cluster_init.worker.slot = w.slot,
+                process.pid = w.pid,
+                "watchdog expired: SIGABRT, SIGKILL after {:?}",
+                self.cfg.stop_timeout
+            )
+        });
         w.watchdog_at = None;
         w.stop_reason = Some(StopReason::Watchdog);
         w.state = WorkerState::Stopping {
@@ -847,6 +841,13 @@ impl Supervisor {
         let w = &mut self.workers[i];
         if w.state != WorkerState::Killed {
             w.state = WorkerState::Killed;
+            w.life.in_scope(|| {
+                info!(
+                    cluster_init.worker.slot = w.slot,
+                    process.pid = w.pid,
+                    "SIGKILL to the worker's process group"
+                )
+            });
             signal_group(w.pid, libc::SIGKILL);
         }
     }
@@ -867,11 +868,14 @@ impl Supervisor {
         for i in 0..self.workers.len() {
             match self.workers[i].state {
                 WorkerState::Stopping { kill_at } if kill_at <= now => {
-                    warn!(
-                        cluster_init.worker.slot = self.workers[i].slot,
-                        process.pid = self.workers[i].pid,
-                        "stop timeout passed: SIGKILL"
-                    );
+                    let w = &self.workers[i];
+                    w.life.in_scope(|| {
+                        warn!(
+                            cluster_init.worker.slot = w.slot,
+                            process.pid = w.pid,
+                            "stop timeout passed"
+                        )
+                    });
                     self.kill_worker(i);
                 }
                 WorkerState::Starting {
@@ -882,12 +886,14 @@ impl Supervisor {
                 }
                 WorkerState::Starting { fail_at, .. } if fail_at <= now => {
                     let w = &self.workers[i];
-                    warn!(
-                        cluster_init.worker.slot = w.slot,
-                        process.pid = w.pid,
-                        "not ready after {:?}: a failed start",
-                        self.cfg.ready_timeout
-                    );
+                    w.life.in_scope(|| {
+                        warn!(
+                            cluster_init.worker.slot = w.slot,
+                            process.pid = w.pid,
+                            "not ready after {:?}: a failed start",
+                            self.cfg.ready_timeout
+                        )
+                    });
                     if w.replaces.is_some() {
                         self.replacements = Replacements::default();
                     }
@@ -936,13 +942,15 @@ impl Supervisor {
             }
             let used = memory::tree_bytes(proc_root, &tree, w.pid);
             if used > cap {
-                warn!(
-                    cluster_init.worker.slot = w.slot,
-                    process.pid = w.pid,
-                    "worker uses {} MiB (with its descendants), over the {} MiB cap: replacing it",
-                    used >> 20,
-                    cap >> 20
-                );
+                w.life.in_scope(|| {
+                    warn!(
+                        cluster_init.worker.slot = w.slot,
+                        process.pid = w.pid,
+                        "worker uses {} MiB (with its descendants), over the {} MiB cap: replacing it",
+                        used >> 20,
+                        cap >> 20
+                    )
+                });
                 self.replacements
                     .queue
                     .push_back((w.slot, StopReason::MemoryCap));
@@ -1095,6 +1103,15 @@ impl Supervisor {
         };
         self.status_tx.send_replace(status);
     }
+}
+
+/// The telemetry handles of the workers of one slot (for the spans that link to them).
+fn lives_in(workers: &[Worker], slot: u32) -> Vec<&WorkerLife> {
+    workers
+        .iter()
+        .filter(|w| w.slot == slot)
+        .map(|w| &w.life)
+        .collect()
 }
 
 fn new_slot(cfg: &Config, id: u32, seed: u64) -> Slot {

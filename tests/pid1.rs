@@ -27,7 +27,8 @@ fn hundreds_of_orphans_are_reaped() {
     for mode in BOTH {
         // Each subshell leaves a `sleep` behind and exits: 300 orphans re-parented to the init,
         // all dying within the same few milliseconds.
-        let script = "for i in $(seq 300); do (sleep 0.3 &); done; exec sleep 1000";
+        // 3 s lives: long enough that all are alive together even on a loaded machine.
+        let script = "for i in $(seq 300); do (sleep 3 &); done; exec sleep 1000";
         let Some(init) = start(mode, &["-w", "1"], script) else {
             return;
         };

@@ -205,3 +205,48 @@ fn refusing_or_hanging_collectors_delay_neither_restarts_nor_the_stop() {
         );
     }
 }
+
+#[test]
+fn a_kill_after_the_stop_timeout_is_an_error_with_the_log_line_as_event() {
+    let rx = Receiver::start(Collector::Normal);
+    let endpoint = rx.endpoint();
+    let Some(mut init) = Init::start(
+        Mode::Subreaper,
+        &[
+            "-w",
+            "1",
+            "--stop-timeout",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; while :; do sleep 0.05; done",
+        ],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    ) else {
+        return;
+    };
+    init.wait_workers(1, Duration::from_secs(10));
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(Duration::from_secs(10)), Some(137));
+    let life = rx
+        .span("worker")
+        .expect("the life was exported before exit");
+    assert_eq!(life.status, StatusCode::Error, "{life:#?}");
+    assert_eq!(
+        life.attr("cluster_init.exit.signal")
+            .and_then(|v| v.as_str().map(String::from))
+            .as_deref(),
+        Some("SIGKILL")
+    );
+    let events: Vec<String> = life
+        .events
+        .iter()
+        .map(|e| format!("{} {:?}", e.name, e.attrs))
+        .collect();
+    assert!(
+        events.iter().any(|e| e.contains("SIGKILL to the worker's process group")),
+        "{events:#?}"
+    );
+    assert!(rx.span("worker.stop").is_some());
+}
