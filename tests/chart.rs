@@ -126,7 +126,9 @@ fn helm_chart_renders_validates_and_maps_values_to_cluster_init_env() {
     pytest
         .args(["-m", "pytest", "tests/chart", "-q", "-rfE"])
         .current_dir(repo_root())
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // The suite also feeds each rendered pod's environment to the real binary.
+        .env("CLUSTER_INIT_BIN", env!("CARGO_BIN_EXE_cluster-init"));
     let status = run_bounded(pytest, "pytest tests/chart", SUITE_LIMIT)
         .expect("the chart suite did not finish (see above)");
     assert!(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 from typing import Any
 
 import helm_python
@@ -556,6 +558,47 @@ def test_ci_variant_renders_validates_and_lints_clean(chart, render, path):
     assert "Deployment" in r.kinds()
     assert lint_problems(values) == []
     assert lint_problems(values, kube_version="v1.30.0") == []
+
+
+# --- the binary accepts what the chart renders ------------------------------------------------
+
+# What the Downward API would put in variables that come from valueFrom.
+DOWNWARD = {"requests.cpu": "1500", "limits.cpu": "2000", "metadata.name": "pod-0",
+            "metadata.namespace": "default", "spec.nodeName": "node-0"}
+
+
+def container_env(r: Rendered) -> dict[str, str]:
+    env = {}
+    for e in r.env():
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        elif "valueFrom" in e:
+            ref = e["valueFrom"].get("resourceFieldRef") or e["valueFrom"].get("fieldRef") or {}
+            env[e["name"]] = DOWNWARD[ref.get("resource") or ref.get("fieldPath")]
+    return env
+
+
+@pytest.mark.parametrize("path", [None] + CI_VALUES, ids=lambda p: p.name if p else "defaults")
+def test_the_binary_accepts_the_rendered_configuration(render, path):
+    """cluster-init --dry-run with exactly the pod's environment: every CLUSTER_INIT_* and OTEL_*
+    value the chart writes parses, so no rendered pod exits 2 at start."""
+    binary = os.environ.get("CLUSTER_INIT_BIN")
+    if not binary:
+        pytest.skip("CLUSTER_INIT_BIN is set by tests/chart.rs")
+    r = render(ci_values(path) if path else {})
+    env = container_env(r)
+    # $(VAR) references are expanded by the kubelet.
+    env = {k: re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), ""), v) for k, v in env.items()}
+    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+    out = subprocess.run([binary, "--dry-run", "--", "true"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"{out.stderr}\nenv: {env}"
+    plan = json.loads(out.stdout)
+    workers = env.get("CLUSTER_INIT_WORKERS")
+    assert plan["workers_spec"] == workers
+    if "CLUSTER_INIT_LISTEN" in env:
+        assert plan["listen"] == env["CLUSTER_INIT_LISTEN"].split(",")
+    if "CLUSTER_INIT_CPU_MILLIS" in env:
+        assert plan["cpu"]["explicit"] == 1.5
 
 
 # --- documentation ------------------------------------------------------------------------------
