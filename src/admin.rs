@@ -62,7 +62,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const WORKER_STATES: [&str; 5] = ["starting", "ready", "stopping", "backoff", "ended"];
 /// Exit reasons always present in `/metrics` (at 0 until seen), so that rate() works from the
 /// first exit on.
-pub const EXIT_REASONS: [&str; 8] = [
+pub const EXIT_REASONS: [&str; 9] = [
     "exit_zero",
     "exit_nonzero",
     "signal",
@@ -71,6 +71,7 @@ pub const EXIT_REASONS: [&str; 8] = [
     "memory_cap",
     "watchdog",
     "exec_failed",
+    "ready_timeout",
 ];
 
 const TEXT: &str = "text/plain; charset=utf-8";

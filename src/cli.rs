@@ -129,10 +129,18 @@ impl FromStr for Sig {
             n
         } else {
             let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+            // Offsets are small and unsigned: a real-time name must name a real-time signal
+            // (`RTMIN+-3` would otherwise silently be SIGSYS).
             if let Some(off) = bare.strip_prefix("RTMIN+") {
-                min + off.parse::<i32>().map_err(|_| "malformed RTMIN+N")?
+                let off = off.parse::<u8>().map_err(|_| "malformed RTMIN+N")?;
+                Some(min + i32::from(off))
+                    .filter(|&n| n <= max)
+                    .ok_or("RTMIN+N is past RTMAX")?
             } else if let Some(off) = bare.strip_prefix("RTMAX-") {
-                max - off.parse::<i32>().map_err(|_| "malformed RTMAX-N")?
+                let off = off.parse::<u8>().map_err(|_| "malformed RTMAX-N")?;
+                Some(max - i32::from(off))
+                    .filter(|&n| n >= min)
+                    .ok_or("RTMAX-N is below RTMIN")?
             } else {
                 nix::sys::signal::Signal::from_str(&format!("SIG{bare}"))
                     .map_err(|_| "unknown signal (use a name like SIGTERM or a number)")?
@@ -539,7 +547,16 @@ mod tests {
         assert_eq!("SIGRTMIN+2".parse(), Ok(Sig(libc::SIGRTMIN() + 2)));
         assert_eq!(Sig(libc::SIGRTMIN() + 2).name(), "SIGRTMIN+2");
         assert_eq!(Sig(libc::SIGQUIT).name(), "SIGQUIT");
-        for bad in ["SIGFOO", "0", "99", "STOP", ""] {
+        for bad in [
+            "SIGFOO",
+            "0",
+            "99",
+            "STOP",
+            "",
+            "SIGRTMIN+-3",
+            "RTMAX-40",
+            "SIGRTMIN+2147483647",
+        ] {
             assert!(bad.parse::<Sig>().is_err(), "{bad:?} accepted");
         }
     }

@@ -156,7 +156,8 @@ impl Config {
             hup: cli.hup,
             max_worker_memory: cli.max_worker_memory,
             memory_check_interval: cli.memory_check_interval.max(Duration::from_millis(100)),
-            watchdog: cli.watchdog,
+            // 0 means off, as WatchdogSec=0 does in systemd.
+            watchdog: cli.watchdog.filter(|d| !d.is_zero()),
             trace_command_args: cli.trace_command_args,
         };
         Ok((cfg, plan))

@@ -508,9 +508,10 @@ impl Listeners {
             }
             let mut added = added.into_iter();
             for entry in &mut self.entries {
-                if let (Sockets::PerSlot { fds, .. }, Some(fd)) = (&mut entry.sockets, added.next())
-                {
-                    fds.push(fd);
+                // Only per-slot entries take one: a shared (unix) entry before a TCP one must not
+                // swallow the TCP socket.
+                if let Sockets::PerSlot { fds, .. } = &mut entry.sockets {
+                    fds.extend(added.next());
                 }
             }
         }
@@ -1126,6 +1127,20 @@ mod tests {
         assert_eq!(listeners.slots(), 1, "the last slot holds the port");
         // Still ours: an outsider without SO_REUSEPORT cannot take it.
         assert!(TcpListener::bind(("127.0.0.1", ports[0])).is_err());
+    }
+
+    #[test]
+    fn an_added_slot_gets_its_own_tcp_socket_after_a_shared_unix_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let unix = spec(&format!("unix:{}", dir.path().join("s.sock").display()));
+        let specs = [unix, spec("127.0.0.1:0")];
+        let mut listeners = Listeners::bind(&specs, Balance::ReusePort, 2, 128).expect("bind");
+        listeners.add_slot().expect("add slot");
+        let (one, two) = (listeners.fds_for_slot(1), listeners.fds_for_slot(2));
+        assert_eq!(two.len(), 2, "slot 2 lacks a socket: {two:?}");
+        assert_eq!(one[0], two[0], "the unix socket is shared");
+        assert_ne!(one[1], two[1], "slot 2 was handed slot 1's TCP socket");
+        assert_eq!(port_of(one[1]), port_of(two[1]));
     }
 
     #[test]

@@ -33,15 +33,31 @@ pub struct CannotRun {
     /// 127 when not found, 126 when found but not executable (the shells' convention).
     pub code: i32,
     pub message: String,
+    /// The machine, not the program, is at fault (no pids, memory or descriptors left, the
+    /// binary being written): worth another try later, unlike a missing or non-executable file.
+    pub transient: bool,
 }
 
 impl CannotRun {
     fn from_errno(display: &str, errno: i32) -> CannotRun {
         let code = if errno == libc::ENOENT { 127 } else { 126 };
         let reason = nix::errno::Errno::from_raw(errno).desc();
+        let about_the_program = [
+            libc::ENOENT,
+            libc::EACCES,
+            libc::EPERM,
+            libc::ENOEXEC,
+            libc::ENOTDIR,
+            libc::EISDIR,
+            libc::ELOOP,
+            libc::ENAMETOOLONG,
+            libc::ELIBBAD,
+            libc::EINVAL,
+        ];
         CannotRun {
             code,
             message: format!("cannot run {display}: {reason}"),
+            transient: !about_the_program.contains(&errno),
         }
     }
 }
@@ -53,6 +69,7 @@ impl Program {
         let first = command.first().ok_or(CannotRun {
             code: 2,
             message: "no command given".into(),
+            transient: false,
         })?;
         let display = first.to_string_lossy().into_owned();
         let exe_name = Path::new(first)
@@ -63,6 +80,7 @@ impl Program {
             CString::new(s.as_bytes()).map_err(|_| CannotRun {
                 code: 2,
                 message: format!("cannot run {display}: argument contains a NUL byte"),
+                transient: false,
             })
         };
         let resolved = if first.as_bytes().contains(&b'/') {
@@ -197,8 +215,9 @@ pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<i32,
     let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| CannotRun::from_errno(&program.display, e as i32))?;
 
-    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    // SAFETY: sigset_t is plain data, valid when zeroed; sigfillset / pthread_sigmask fill them.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers to initialised sigsets.
     unsafe {
@@ -277,6 +296,10 @@ struct ChildPlan<'a> {
 }
 
 /// Runs in the forked child. Only async-signal-safe calls; no allocation.
+///
+/// # Safety
+/// Call only in the child of `fork`, with `plan` pointing at memory prepared by the parent
+/// before the fork (argv, envp, the LISTEN_PID digits, `scratch` with room for `fds.len()`).
 unsafe fn child_after_fork(plan: ChildPlan) -> ! {
     // Default dispositions for everything: exec keeps ignored signals ignored (Rust ignores
     // SIGPIPE), and a server must start as if launched by a shell.
@@ -308,21 +331,27 @@ unsafe fn child_after_fork(plan: ChildPlan) -> ! {
     }
 
     let n = plan.fds.len() as RawFd;
+    // The exec-error pipe first moves above the target range: the dup2s below would otherwise
+    // replace it with a socket when it sits at 3..3+n, and an exec failure would go unreported.
+    let err_fd = libc::fcntl(plan.err_fd, libc::F_DUPFD_CLOEXEC, FIRST_FD + n);
+    if err_fd < 0 {
+        fail(plan.err_fd);
+    }
     // Two passes, through copies above the target range, so that a source that happens to sit
     // at a target number is neither overwritten nor left with CLOEXEC.
     for (i, &fd) in plan.fds.iter().enumerate() {
         let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FIRST_FD + n);
         if copy < 0 {
-            fail(plan.err_fd);
+            fail(err_fd);
         }
         *plan.scratch.add(i) = copy;
     }
     for i in 0..plan.fds.len() {
         if libc::dup2(*plan.scratch.add(i), FIRST_FD + i as RawFd) < 0 {
-            fail(plan.err_fd);
+            fail(err_fd);
         }
     }
-    close_from(FIRST_FD + n, plan.err_fd);
+    close_from(FIRST_FD + n, err_fd);
 
     if let Some(digits) = plan.listen_pid {
         write_decimal(digits, libc::getpid() as u32);
@@ -332,10 +361,13 @@ unsafe fn child_after_fork(plan: ChildPlan) -> ! {
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     libc::execve(plan.path, plan.argv, plan.envp);
-    fail(plan.err_fd)
+    fail(err_fd)
 }
 
 /// Closes every descriptor from `first` up, except `keep` (the exec-error pipe, CLOEXEC itself).
+///
+/// # Safety
+/// Only between fork and exec: it closes descriptors other code may still think it owns.
 unsafe fn close_from(first: RawFd, keep: RawFd) {
     let ranges: [(RawFd, RawFd); 2] = if keep >= first {
         [(first, keep - 1), (keep + 1, RawFd::MAX)]
@@ -364,6 +396,10 @@ unsafe fn close_from(first: RawFd, keep: RawFd) {
     }
 }
 
+/// Writes `value` in decimal and a NUL at `out`, without allocating.
+///
+/// # Safety
+/// `out` must have room for 11 bytes.
 unsafe fn write_decimal(mut out: *mut u8, value: u32) {
     let mut digits = [0u8; 10];
     let mut len = 0;
@@ -384,6 +420,10 @@ unsafe fn write_decimal(mut out: *mut u8, value: u32) {
     *out = 0;
 }
 
+/// Reports errno through the exec-error pipe and ends the child.
+///
+/// # Safety
+/// Only in the forked child.
 unsafe fn fail(err_fd: RawFd) -> ! {
     let errno = *libc::__errno_location();
     let bytes = errno.to_ne_bytes();
@@ -437,6 +477,15 @@ mod tests {
             env.storage[env.listen_pid.unwrap()].len(),
             LISTEN_PID_KEY.len() + PID_ROOM
         );
+    }
+
+    #[test]
+    fn only_failures_of_the_program_itself_are_final() {
+        assert!(!CannotRun::from_errno("x", libc::ENOENT).transient);
+        assert!(!CannotRun::from_errno("x", libc::EACCES).transient);
+        assert!(CannotRun::from_errno("x", libc::EAGAIN).transient);
+        assert!(CannotRun::from_errno("x", libc::ENOMEM).transient);
+        assert!(CannotRun::from_errno("x", libc::ETXTBSY).transient);
     }
 
     #[test]

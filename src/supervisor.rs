@@ -46,12 +46,29 @@ enum Phase {
 }
 
 /// A replacement in progress: a successor starts on the slot's sockets, takes over when ready,
-/// and the old worker is stopped; the next slot waits until the old one is gone.
+/// and the old worker is stopped; the next slot waits until the old one's group is gone.
 #[derive(Debug, Default)]
 struct Replacements {
     queue: VecDeque<(u32, StopReason)>,
-    /// The slot being replaced and the pid of its old worker.
-    current: Option<(u32, i32)>,
+    current: Option<Replacing>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Replacing {
+    slot: u32,
+    /// The worker being replaced. It is only marked (with `reason`) once its successor is
+    /// ready: if the successor fails, the old worker is an ordinary worker again.
+    old: i32,
+    reason: StopReason,
+}
+
+/// A process group whose leader is gone while other members still run: it gets the rest of
+/// the stop timeout, then SIGKILL.
+#[derive(Clone, Copy, Debug)]
+struct Draining {
+    pgid: i32,
+    kill_at: Instant,
+    killed: bool,
 }
 
 pub struct Supervisor {
@@ -59,8 +76,8 @@ pub struct Supervisor {
     env: Vec<(OsString, OsString)>,
     slots: Vec<Slot>,
     workers: Vec<Worker>,
-    /// Process groups whose leader was reaped during a stop while members still run.
-    draining: Vec<i32>,
+    /// Groups of workers we stopped whose leader was reaped while members still run.
+    draining: Vec<Draining>,
     phase: Phase,
     generation: u64,
     replacements: Replacements,
@@ -373,6 +390,15 @@ impl Supervisor {
             Err(e) => {
                 self.telemetry.worker_exec_failed(life, e.code, &e.message);
                 *self.exits.entry("exec_failed").or_default() += 1;
+                if e.transient && replaces.is_none() {
+                    // Out of pids, memory or descriptors: a failed start, tried again later.
+                    warn!(
+                        cluster_init.worker.slot = id,
+                        "{}; a failed start", e.message
+                    );
+                    self.after_exit(id, 0, Exit::Code(e.code), Duration::ZERO);
+                    return;
+                }
                 if replaces.is_some() {
                     // The program changed under a running pool: keep the workers we have.
                     error!(
@@ -417,8 +443,13 @@ impl Supervisor {
         );
         // A successor that is ready takes over; its predecessor leaves.
         if let Some(old) = w.replaces.take() {
+            let reason = self
+                .replacements
+                .current
+                .filter(|r| r.old == old)
+                .map_or(StopReason::Retired, |r| r.reason);
             if let Some(j) = self.worker_index(old) {
-                self.stop_worker(j, StopReason::Retired);
+                self.stop_worker(j, reason);
             }
         }
     }
@@ -489,10 +520,12 @@ impl Supervisor {
                 self.first_failure
                     .get_or_insert(if killed { 137 } else { exit.as_code() });
             }
-            if group_alive(pid) {
-                self.draining.push(pid);
-            }
+            self.drain_if_alive(pid, w.state);
             return;
+        }
+        // Whatever we stopped keeps its group members for the rest of their grace time.
+        if w.stop_reason.is_some() {
+            self.drain_if_alive(pid, w.state);
         }
         // A successor that died before taking over: the reload of this slot failed, its
         // predecessor keeps serving.
@@ -501,7 +534,9 @@ impl Supervisor {
             self.replacements = Replacements::default();
             return;
         }
-        if self.replacements.current.is_some_and(|(_, old)| old == pid) {
+        if self.replacements.current.is_some_and(|r| r.old == pid)
+            && !self.draining.iter().any(|d| d.pgid == pid)
+        {
             self.replacements.current = None;
         }
         // Its successor (if a replacement was under way) takes over the slot now.
@@ -532,9 +567,17 @@ impl Supervisor {
         let Some(now) = self.oom_file.as_deref().and_then(memory::oom_kills) else {
             return false;
         };
-        let more = self.oom_kills.is_some_and(|before| now > before);
-        self.oom_kills = Some(now);
-        more
+        match self.oom_kills {
+            // One kill per worker: two workers killed together are both named.
+            Some(before) if now > before => {
+                self.oom_kills = Some(before + 1);
+                true
+            }
+            _ => {
+                self.oom_kills = Some(now);
+                false
+            }
+        }
     }
 
     /// Applies the restart policy to a worker that exited (or failed) while the pool runs.
@@ -632,8 +675,8 @@ impl Supervisor {
             self.telemetry.worker_signal(&w.life, &name);
             signal_group(w.pid, sig);
         }
-        for &pgid in &self.draining {
-            signal_group(pgid, sig);
+        for d in &self.draining {
+            signal_group(d.pgid, sig);
         }
     }
 
@@ -674,10 +717,11 @@ impl Supervisor {
                 process.pid = old_pid,
                 "replacing worker ({reason:?})"
             );
-            self.replacements.current = Some((id, old_pid));
-            if let Some(i) = self.worker_index(old_pid) {
-                self.workers[i].stop_reason = Some(reason);
-            }
+            self.replacements.current = Some(Replacing {
+                slot: id,
+                old: old_pid,
+                reason,
+            });
             self.start(id, Some(old_pid));
         }
     }
@@ -709,11 +753,16 @@ impl Supervisor {
         info!("SIGTTOU: scaling {from} -> {id}, stopping slot {id}");
         self.slots.pop();
         self.replacements.queue.retain(|(s, _)| *s != id);
-        if self.replacements.current.is_some_and(|(s, _)| s == id) {
+        if self.replacements.current.is_some_and(|r| r.slot == id) {
             self.replacements.current = None;
         }
         for i in 0..self.workers.len() {
-            if self.workers[i].slot == id && !self.workers[i].is_stopping() {
+            let w = &mut self.workers[i];
+            if w.slot == id {
+                // Whatever it was stopping for (failed start, watchdog), it now just leaves: a
+                // later SIGTTIN may reuse this slot id, and its exit must not count there.
+                w.stop_reason = Some(StopReason::Retired);
+                w.replaces = None;
                 self.stop_worker(i, StopReason::Retired);
             }
         }
@@ -741,7 +790,11 @@ impl Supervisor {
                     }
                 }
                 Notice::WatchdogTrigger => {
-                    if let Some(i) = self.worker_index(pid) {
+                    // A worker already on its way out keeps its SIGKILL deadline.
+                    if let Some(i) = self
+                        .worker_index(pid)
+                        .filter(|&i| !self.workers[i].is_stopping())
+                    {
                         self.watchdog_expired(i);
                     }
                 }
@@ -831,9 +884,61 @@ impl Supervisor {
         for i in 0..self.workers.len() {
             self.kill_worker(i);
         }
-        for &pgid in &self.draining {
-            signal_group(pgid, libc::SIGKILL);
-            self.first_failure.get_or_insert(137);
+        for d in &mut self.draining {
+            if !d.killed && group_alive(d.pgid) {
+                d.killed = true;
+                signal_group(d.pgid, libc::SIGKILL);
+                self.first_failure.get_or_insert(137);
+            }
+        }
+    }
+
+    /// Keeps the process group of a reaped worker we stopped, while members remain, for the
+    /// rest of the worker's grace time.
+    fn drain_if_alive(&mut self, pgid: i32, state: WorkerState) {
+        if !group_alive(pgid) {
+            return;
+        }
+        let kill_at = match (self.phase, state) {
+            (_, WorkerState::Stopping { kill_at }) => kill_at,
+            (Phase::Stopping { deadline, .. }, _) => deadline,
+            _ => Instant::now() + self.cfg.stop_timeout,
+        };
+        self.draining.push(Draining {
+            pgid,
+            kill_at,
+            killed: state == WorkerState::Killed,
+        });
+    }
+
+    /// Drops groups that have emptied, SIGKILLs those past their deadline.
+    fn tend_draining(&mut self, now: Instant) {
+        let stopping = matches!(self.phase, Phase::Stopping { .. });
+        for d in &mut self.draining {
+            if !d.killed && d.kill_at <= now && group_alive(d.pgid) {
+                warn!(
+                    process.pid = d.pgid,
+                    "stop timeout passed: SIGKILL to what remains of the worker's process group"
+                );
+                d.killed = true;
+                signal_group(d.pgid, libc::SIGKILL);
+                if stopping {
+                    self.first_failure.get_or_insert(137);
+                }
+            }
+        }
+        let before = self.draining.len();
+        self.draining.retain(|d| group_alive(d.pgid));
+        if self.draining.len() < before {
+            // A replacement waits for its predecessor's whole group, one extra worker at a time.
+            let gone = |old: i32| !self.draining.iter().any(|d| d.pgid == old);
+            if self
+                .replacements
+                .current
+                .is_some_and(|r| gone(r.old) && self.worker_index(r.old).is_none())
+            {
+                self.replacements.current = None;
+            }
         }
     }
 
@@ -862,9 +967,10 @@ impl Supervisor {
                 );
                 self.kill_all();
             }
-            self.draining.retain(|&pgid| group_alive(pgid));
+            self.tend_draining(now);
             return;
         }
+        self.tend_draining(now);
         for i in 0..self.workers.len() {
             match self.workers[i].state {
                 WorkerState::Stopping { kill_at } if kill_at <= now => {
@@ -936,7 +1042,7 @@ impl Supervisor {
         for w in &self.workers {
             if !w.is_current()
                 || self.replacements.queue.iter().any(|(s, _)| *s == w.slot)
-                || self.replacements.current.is_some_and(|(s, _)| s == w.slot)
+                || self.replacements.current.is_some_and(|r| r.slot == w.slot)
             {
                 continue;
             }
@@ -961,11 +1067,15 @@ impl Supervisor {
     /// When every slot has been failing for `give_up_after`, the instant that happens.
     fn give_up_at(&self) -> Option<Instant> {
         let limit = self.cfg.give_up_after?;
+        // A worker that has run half the give-up time is not crash-looping, even before it
+        // counts as healthy for the backoff (which may take longer than giving up).
+        let healthy = self.cfg.backoff.reset_after.min(limit / 2);
         let mut latest: Option<Instant> = None;
         for slot in &self.slots {
-            let healthy_now = self.workers.iter().any(|w| {
-                w.slot == slot.id && w.is_current() && w.lived() >= self.cfg.backoff.reset_after
-            });
+            let healthy_now = self
+                .workers
+                .iter()
+                .any(|w| w.slot == slot.id && w.is_current() && w.lived() >= healthy);
             match (slot.state, slot.failing_since) {
                 (SlotState::Ended, _) => continue,
                 (_, Some(since)) if !healthy_now => {
@@ -990,6 +1100,9 @@ impl Supervisor {
                 }
             }
             Phase::Running => {
+                if !self.draining.is_empty() {
+                    consider(Instant::now() + DRAIN_POLL);
+                }
                 for slot in &self.slots {
                     if let SlotState::BackingOff { until } = slot.state {
                         consider(until);

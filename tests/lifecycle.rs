@@ -388,3 +388,171 @@ fn the_ready_pool_is_announced_upstream() {
     let (_, info) = http_get(&p.addr, "/info", Duration::from_secs(5)).unwrap();
     assert!(!info.contains(path.to_str().unwrap()), "{info}");
 }
+
+#[test]
+fn after_a_failed_reload_the_old_workers_are_ordinary_workers_again() {
+    // Generation 2 fails before READY=1: the reload is abandoned, generation 1 keeps serving,
+    // and when one of those crashes later it is restarted like any worker.
+    let p = pool(
+        &["-w", "1", "--ready", "notify", "--backoff-initial", "100ms"],
+        &[("NOTIFY", "1"), ("FAIL_GEN", "2")],
+    );
+    let old = p.wait_status("ready", |s| s["ready"] == true)["workers"][0]["pid"]
+        .as_i64()
+        .unwrap();
+    p.init.signal(libc::SIGHUP);
+    wait_for(LONG, || {
+        p.init.log().contains("reload abandoned").then_some(())
+    })
+    .unwrap_or_else(|| panic!("log:\n{}", p.init.log()));
+    // SAFETY: plain syscall on a worker of ours.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let s = p.wait_status("the crashed old worker restarted", |s| {
+        let w = &s["workers"][0];
+        w["restarts"] == 1 && w["pid"].as_i64() != Some(old) && w["pid"].is_i64()
+    });
+    // Its replacement is of the generation the failed reload announced, and fails the same way:
+    // what matters is that the slot was not left empty.
+    assert!(s["workers"].as_array().unwrap().len() == 1, "{s}");
+}
+
+#[test]
+fn a_stopped_workers_stubborn_children_get_the_grace_time_then_sigkill() {
+    let dir = common::scratch();
+    let pids = dir.path().join("children");
+    let p = pool(
+        &["-w", "1", "--stop-timeout", "1s"],
+        &[("STUBBORN_CHILD", pids.to_str().unwrap())],
+    );
+    let child: i32 =
+        wait_for(LONG, || common::lines(&pids).first()?.parse().ok()).expect("child pid");
+    wait_for(LONG, || http_get(&p.addr, "/", Duration::from_secs(1)).ok()).expect("serving");
+    p.init.signal(libc::SIGHUP);
+    // The old worker leaves at once; its child ignores SIGTERM and must be SIGKILLed at the
+    // stop timeout, not left behind.
+    let gone = wait_for(Duration::from_secs(5), || {
+        (!common::alive(child)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the old worker's child survived the reload; log:\n{}",
+        p.init.log()
+    );
+    assert!(
+        p.init.log().contains("SIGKILL to what remains"),
+        "log:\n{}",
+        p.init.log()
+    );
+}
+
+#[test]
+fn scaling_down_then_up_never_runs_two_workers_on_one_slot() {
+    // Slot 1's first life never gets ready and drains slowly: it is still stopping (a failed
+    // start) when SIGTTOU removes slot 1 and SIGTTIN brings it back with a healthy worker. Its
+    // late exit must not count as a crash of the new slot 1 (which would start a second one).
+    let dir = common::scratch();
+    let once = dir.path().join("once");
+    let p = pool(
+        &[
+            "-w",
+            "2",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "2s",
+            "--stop-timeout",
+            "6s",
+            "--backoff-initial",
+            "100ms",
+        ],
+        &[
+            ("NOTIFY", "1"),
+            ("STOP_DELAY", "3"),
+            ("NO_READY_ONCE", once.to_str().unwrap()),
+        ],
+    );
+    wait_for(LONG, || {
+        p.init.log().contains("not ready after").then_some(())
+    })
+    .expect("a failed start");
+    p.init.signal(libc::SIGTTOU);
+    std::thread::sleep(Duration::from_millis(200));
+    p.init.signal(libc::SIGTTIN);
+    let end = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < end {
+        let s = p.status();
+        let live = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["slot"] == 1 && w["state"] != "stopping" && w["pid"].is_i64())
+            .count();
+        assert!(live <= 1, "two live workers on slot 1: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_pool_that_recovered_does_not_give_up() {
+    // One early crash, then a worker that runs: with --give-up-after shorter than the backoff
+    // reset, the pool must not be declared crash-looping.
+    let dir = common::scratch();
+    let marker = dir.path().join("crashed");
+    let script = format!(
+        "[ -e {m} ] || {{ touch {m}; exit 1; }}; exec sleep 1000",
+        m = marker.display()
+    );
+    let Some(mut init) = Init::start(
+        Mode::Subreaper,
+        &[
+            "-w",
+            "1",
+            "--give-up-after",
+            "2s",
+            "--backoff-initial",
+            "100ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        init.wait(Duration::from_secs(4)),
+        None,
+        "gave up on a recovered pool; log:\n{}",
+        init.log()
+    );
+}
+
+#[test]
+fn an_exec_failure_is_reported_even_when_the_error_pipe_lands_among_the_listeners() {
+    // Scaling 3 -> 1 frees descriptors inside 3..3+n; the exec-error pipe of the next spawn can
+    // land there. Then the program disappears: the restart must report it, not look like a
+    // worker that died of SIGPIPE.
+    let dir = common::scratch();
+    let server = dir.path().join("server");
+    std::fs::write(&server, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut args = vec!["-w", "3"];
+    for _ in 0..3 {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    args.extend(["--admin-listen", &admin, "--", server.to_str().unwrap()]);
+    let mut init = Init::start(Mode::Subreaper, &args, &[]).unwrap();
+    init.wait_workers(3, LONG);
+    for want in [2, 1] {
+        init.signal(libc::SIGTTOU);
+        wait_for(LONG, || (init.workers().len() == want).then_some(())).expect("scaled down");
+    }
+    std::fs::remove_file(&server).unwrap();
+    let worker = init.workers()[0];
+    // SAFETY: plain syscall on a worker of ours.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    assert_eq!(init.wait(LONG), Some(127), "log:\n{}", init.log());
+    assert!(init.log().contains("cannot run"), "log:\n{}", init.log());
+}

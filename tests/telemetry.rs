@@ -245,7 +245,9 @@ fn a_kill_after_the_stop_timeout_is_an_error_with_the_log_line_as_event() {
         .map(|e| format!("{} {:?}", e.name, e.attrs))
         .collect();
     assert!(
-        events.iter().any(|e| e.contains("SIGKILL to the worker's process group")),
+        events
+            .iter()
+            .any(|e| e.contains("SIGKILL to the worker's process group")),
         "{events:#?}"
     );
     assert!(rx.span("worker.stop").is_some());
