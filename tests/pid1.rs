@@ -570,3 +570,28 @@ fn idle_init_sleeps() {
     let woke = switches() - before;
     assert!(woke <= 2, "an idle init woke {woke} times in 2 s");
 }
+
+#[test]
+fn per_worker_cpu_env_gives_each_worker_its_share_unless_set() {
+    let dir = scratch();
+    let out = dir.path().display();
+    let script =
+        format!("echo \"$GOMAXPROCS $DOTNET_PROCESSOR_COUNT\" >> {out}/env; exec sleep 1000");
+    let mut args: Vec<String> = ["-w", "2", "--cpus", "4", "--per-worker-cpu-env"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(sh(&script));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // DOTNET_PROCESSOR_COUNT is set by the user: it stays as it is.
+    let Some(_init) = Init::start(Mode::Subreaper, &args, &[("DOTNET_PROCESSOR_COUNT", "7")])
+    else {
+        return;
+    };
+    let env = wait_for(LONG, || {
+        let l = lines(&dir.path().join("env"));
+        (l.len() == 2).then_some(l)
+    })
+    .expect("two workers");
+    assert_eq!(env, ["2 7", "2 7"], "4 CPUs over 2 workers is 2 each");
+}
