@@ -753,7 +753,7 @@ mod tests {
         samples
             .iter()
             .find(|(n, l, _)| {
-                n == name && label.map_or(true, |(k, v)| l.get(k).map(String::as_str) == Some(v))
+                n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
             })
             .map(|(_, _, v)| *v)
             .unwrap_or_else(|| panic!("no sample {name} {label:?}"))

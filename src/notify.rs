@@ -205,7 +205,7 @@ impl NotifyServer {
                 return Ok(msg);
             }
             dropped += 1;
-            if dropped % DROPS_BEFORE_YIELD == 0 {
+            if dropped.is_multiple_of(DROPS_BEFORE_YIELD) {
                 tokio::task::yield_now().await;
             }
         }

@@ -494,13 +494,7 @@ impl Supervisor {
             Exit::Signal(_) => None,
         };
         if oom {
-            w.life.in_scope(|| {
-                warn!(
-                    cluster_init.worker.slot = w.slot,
-                    process.pid = pid,
-                    "worker was killed by the kernel's OOM killer"
-                )
-            });
+            w.warn(format_args!("worker was killed by the kernel's OOM killer"));
         }
         self.telemetry
             .worker_exited(w.life, code, signal.as_deref(), killed);
@@ -811,14 +805,10 @@ impl Supervisor {
 
     fn watchdog_expired(&mut self, i: usize) {
         let w = &mut self.workers[i];
-        w.life.in_scope(|| {
-            warn!(
-                cluster_init.worker.slot = w.slot,
-                process.pid = w.pid,
-                "watchdog expired: SIGABRT, SIGKILL after {:?}",
-                self.cfg.stop_timeout
-            )
-        });
+        w.warn(format_args!(
+            "watchdog expired: SIGABRT, SIGKILL after {:?}",
+            self.cfg.stop_timeout
+        ));
         w.watchdog_at = None;
         w.stop_reason = Some(StopReason::Watchdog);
         w.state = WorkerState::Stopping {
@@ -946,13 +936,7 @@ impl Supervisor {
         let w = &mut self.workers[i];
         if w.state != WorkerState::Killed {
             w.state = WorkerState::Killed;
-            w.life.in_scope(|| {
-                info!(
-                    cluster_init.worker.slot = w.slot,
-                    process.pid = w.pid,
-                    "SIGKILL to the worker's process group"
-                )
-            });
+            w.info(format_args!("SIGKILL to the worker's process group"));
             signal_group(w.pid, libc::SIGKILL);
         }
     }
@@ -975,13 +959,7 @@ impl Supervisor {
             match self.workers[i].state {
                 WorkerState::Stopping { kill_at } if kill_at <= now => {
                     let w = &self.workers[i];
-                    w.life.in_scope(|| {
-                        warn!(
-                            cluster_init.worker.slot = w.slot,
-                            process.pid = w.pid,
-                            "stop timeout passed"
-                        )
-                    });
+                    w.warn(format_args!("stop timeout passed"));
                     self.kill_worker(i);
                 }
                 WorkerState::Starting {
@@ -992,14 +970,10 @@ impl Supervisor {
                 }
                 WorkerState::Starting { fail_at, .. } if fail_at <= now => {
                     let w = &self.workers[i];
-                    w.life.in_scope(|| {
-                        warn!(
-                            cluster_init.worker.slot = w.slot,
-                            process.pid = w.pid,
-                            "not ready after {:?}: a failed start",
-                            self.cfg.ready_timeout
-                        )
-                    });
+                    w.warn(format_args!(
+                        "not ready after {:?}: a failed start",
+                        self.cfg.ready_timeout
+                    ));
                     if w.replaces.is_some() {
                         self.replacements = Replacements::default();
                     }
@@ -1048,15 +1022,11 @@ impl Supervisor {
             }
             let used = memory::tree_bytes(proc_root, &tree, w.pid);
             if used > cap {
-                w.life.in_scope(|| {
-                    warn!(
-                        cluster_init.worker.slot = w.slot,
-                        process.pid = w.pid,
-                        "worker uses {} MiB (with its descendants), over the {} MiB cap: replacing it",
-                        used >> 20,
-                        cap >> 20
-                    )
-                });
+                w.warn(format_args!(
+                    "worker uses {} MiB (with its descendants), over the {} MiB cap: replacing it",
+                    used >> 20,
+                    cap >> 20
+                ));
                 self.replacements
                     .queue
                     .push_back((w.slot, StopReason::MemoryCap));

@@ -88,6 +88,29 @@ impl Worker {
     pub fn lived(&self) -> Duration {
         self.started.elapsed()
     }
+
+    /// A warning about this worker, logged inside its life's span so that it is also an event
+    /// of the worker's trace.
+    pub fn warn(&self, message: std::fmt::Arguments) {
+        self.life.in_scope(|| {
+            tracing::warn!(
+                cluster_init.worker.slot = self.slot,
+                process.pid = self.pid,
+                "{message}"
+            )
+        });
+    }
+
+    /// The same at info level.
+    pub fn info(&self, message: std::fmt::Arguments) {
+        self.life.in_scope(|| {
+            tracing::info!(
+                cluster_init.worker.slot = self.slot,
+                process.pid = self.pid,
+                "{message}"
+            )
+        });
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
