@@ -556,3 +556,39 @@ fn an_exec_failure_is_reported_even_when_the_error_pipe_lands_among_the_listener
     assert_eq!(init.wait(LONG), Some(127), "log:\n{}", init.log());
     assert!(init.log().contains("cannot run"), "log:\n{}", init.log());
 }
+
+#[test]
+fn ready_1_from_a_workers_descendant_counts_for_that_worker() {
+    // The worker is a shell; its child (like a gunicorn master's worker) sends READY=1.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let notify = "import os, socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    let script = format!("python3 -c \"{notify}\"; exec sleep 1000");
+    let mut init = Init::start(
+        Mode::Subreaper,
+        &[
+            "-w",
+            "1",
+            "--ready",
+            "notify",
+            "--admin-listen",
+            &admin,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    )
+    .unwrap();
+    let ready = wait_for(LONG, || {
+        let (code, _) = http_get(&admin, "/readyz", Duration::from_secs(1)).ok()?;
+        (code == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "READY=1 from the worker's child was not credited; log:\n{}",
+        init.log()
+    );
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0));
+}
