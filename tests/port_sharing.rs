@@ -197,11 +197,7 @@ fn gunicorn_serves_through_the_passed_socket() {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    let pin: Vec<&str> = pin
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .collect();
-    let Some(venv) = common::venv("gunicorn", &pin) else {
+    let Some(venv) = common::venv("gunicorn", &common::requirements(&pin)) else {
         return;
     };
     let port = free_port();

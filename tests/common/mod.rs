@@ -353,58 +353,110 @@ impl Load {
     }
 }
 
-/// A virtualenv under target/ with `packages` (pinned) installed, reused while they are the same.
-/// None, after a visible skip, when python3 -m venv or pip cannot work here.
-pub fn venv(name: &str, packages: &[&str]) -> Option<std::path::PathBuf> {
+/// Runs `cmd` in its own process group; kills the whole group (pip's children too) after `limit`.
+/// Returns None on timeout or when the program cannot be started.
+pub fn run_bounded(
+    mut cmd: std::process::Command,
+    what: &str,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::null()).process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("cannot start {what}: {e}");
+            return None;
+        }
+    };
+    let status = wait_for(limit, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        eprintln!("{what} still running after {limit:?}: killing it");
+        // SAFETY: plain syscall; the negative pid names the child's own process group.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    status
+}
+
+/// A virtualenv `target/NAME-venv` with `requirements` (pinned lines, as in a requirements.txt)
+/// installed, made again only when they (or the Python) change. Returns its directory, or None
+/// after a visible skip when python3 -m venv or pip cannot work here.
+pub fn venv(name: &str, requirements: &[&str]) -> Option<std::path::PathBuf> {
+    use std::process::{Command, Stdio};
+    let has_venv = Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !require(has_venv, "python3 with the venv and ensurepip modules") {
+        return None;
+    }
+    // Next to target/tmp: the target dir may be elsewhere (CARGO_TARGET_DIR).
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
-        .expect("target dir")
-        .join(format!("venv-{name}"));
-    let stamp = dir.join("cluster-init-stamp");
-    let want = packages.join("\n");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        .expect("CARGO_TARGET_TMPDIR has a parent")
+        .join(format!("{name}-venv"));
+    let python = Command::new("python3")
+        .arg("--version")
+        .output()
+        .expect("python3 --version");
+    let stamp = format!(
+        "{}{}",
+        String::from_utf8_lossy(&python.stdout),
+        requirements.join("\n")
+    );
+    let stamp_file = dir.join("cluster-init-requirements.stamp");
+    let ready = || std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp);
+    if ready() {
         return Some(dir);
     }
-    // Concurrent tests may want the same venv: the first one builds it under a lock file.
-    let _ = std::fs::create_dir_all(dir.parent().unwrap());
+    // Tests running in parallel may want the same venv: the first builds it under a lock.
     let lock = std::fs::File::create(dir.with_extension("lock")).expect("lock file");
     // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
     unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+    if ready() {
         return Some(dir);
     }
+    eprintln!("making {} with {requirements:?}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |cmd: &mut std::process::Command, limit: Duration| -> bool {
-        let Ok(mut child) = cmd.stdout(std::process::Stdio::null()).spawn() else {
-            return false;
-        };
-        match wait_for(limit, || child.try_wait().ok().flatten()) {
-            Some(status) => status.success(),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                false
-            }
-        }
-    };
-    let made = run(
-        std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir),
-        Duration::from_secs(120),
-    );
-    if !require(made, "python3 -m venv") {
+    let mut venv = Command::new("python3");
+    venv.args(["-m", "venv"]).arg(&dir);
+    let made =
+        run_bounded(venv, "python3 -m venv", Duration::from_secs(120)).is_some_and(|s| s.success());
+    if !require(made, "python3 -m venv to work") {
         return None;
     }
-    let installed = run(
-        std::process::Command::new(dir.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(packages),
-        Duration::from_secs(300),
-    );
-    if !require(installed, &format!("pip install {packages:?} (PyPI)")) {
+    let mut pip = Command::new(dir.join("bin/python"));
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+    ])
+    .args(requirements)
+    .env("PIP_DEFAULT_TIMEOUT", "60");
+    let installed =
+        run_bounded(pip, "pip install", Duration::from_secs(300)).is_some_and(|s| s.success());
+    if !require(
+        installed,
+        &format!("pip install {requirements:?} (PyPI reachable)"),
+    ) {
+        // Leave no half-made venv behind: the next run starts over.
+        let _ = std::fs::remove_dir_all(&dir);
         return None;
     }
-    std::fs::write(&stamp, want).expect("stamp");
+    // Written last: a venv without its stamp is never trusted.
+    std::fs::write(&stamp_file, stamp).expect("write the venv stamp");
     Some(dir)
+}
+
+/// The requirement lines of a requirements.txt (comments and blank lines dropped).
+pub fn requirements(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
 }
