@@ -1,5 +1,6 @@
 //! Memory as the kernel accounts it: a worker's PSS including its descendants (for
 //! `--max-worker-memory`), and the cgroup's OOM-kill counter (to name OOM deaths as such).
+//! Also the process tree itself (who is whose parent), which `notify` walks too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,18 +19,23 @@ pub fn process_tree(proc_root: &Path) -> HashMap<i32, Vec<i32>> {
         else {
             continue;
         };
-        if let Some(ppid) = ppid(proc_root, pid) {
+        if let Some(ppid) = parent_pid(proc_root, pid) {
             tree.entry(ppid).or_default().push(pid);
         }
     }
     tree
 }
 
-fn ppid(proc_root: &Path, pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields resume after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// The ppid from `/proc/PID/stat`. The command name (field 2) is in parentheses and may itself
+/// contain spaces, parentheses and bytes that are not UTF-8, so we parse from the last `)`.
+pub fn parent_pid(proc_root: &Path, pid: i32) -> Option<i32> {
+    let stat = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    // After the name: state, then ppid.
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
 }
 
 /// Bytes of memory of `root` and all its descendants: PSS where the kernel has

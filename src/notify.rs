@@ -337,7 +337,7 @@ pub fn owning_worker(proc_root: &Path, pid: i32, is_worker: impl Fn(i32) -> bool
         if is_worker(pid) {
             return Some(pid);
         }
-        let parent = match parent_pid(proc_root, pid) {
+        let parent = match crate::memory::parent_pid(proc_root, pid) {
             Some(p) => p,
             None => {
                 debug!(pid, "notify: sender is gone; its message is dropped");
@@ -351,18 +351,6 @@ pub fn owning_worker(proc_root: &Path, pid: i32, is_worker: impl Fn(i32) -> bool
         pid = parent;
     }
     None
-}
-
-/// The ppid from `/proc/PID/stat`. The command name (field 2) is in parentheses and may itself
-/// contain spaces and parentheses, so we parse from the last `)`.
-fn parent_pid(proc_root: &Path, pid: i32) -> Option<i32> {
-    let stat = std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After the name: state, then ppid.
-    let mut fields = rest.split_ascii_whitespace();
-    let _state = fields.next()?;
-    fields.next()?.parse().ok()
 }
 
 /// Sends `msg` (e.g. `READY=1`) to our own `NOTIFY_SOCKET`, for when cluster-init itself runs
