@@ -5,7 +5,8 @@
 //! count, and the per-worker env for runtimes that size themselves. Apart from [`sched_affinity`]
 //! everything is a function of a filesystem root, so tests hand in fixture trees for `/proc` and
 //! `/sys`. Broken input never fails detection: it falls back to the affinity and says why in
-//! [`CpuBudget::warnings`], which the caller logs.
+//! [`CpuBudget::warnings`], which the caller logs. The same locator finds this process's cgroup
+//! for other controllers ([`cgroup_dir`]; `memory` reads its OOM counters there).
 
 use std::fmt::Display;
 use std::io;
@@ -128,10 +129,10 @@ pub fn detect(root: &Path, sched_affinity: Option<u32>) -> CpuBudget {
     let layout = host.layout();
     let v1 = layout
         .as_ref()
-        .and_then(|l| host.locate(l, CgroupVersion::V1));
+        .and_then(|l| host.locate(l, CgroupVersion::V1, "cpu"));
     let v2 = layout
         .as_ref()
-        .and_then(|l| host.locate(l, CgroupVersion::V2));
+        .and_then(|l| host.locate(l, CgroupVersion::V2, "cpu"));
     // The kernel already narrows the affinity mask to the cpuset; the file still matters when
     // sched_getaffinity failed, and it is what a fixture can control.
     let cpuset = v2.as_ref().and_then(|place| host.cpuset(place));
@@ -163,6 +164,19 @@ pub fn detect(root: &Path, sched_affinity: Option<u32>) -> CpuBudget {
         bounded_by,
         warnings: host.warnings,
     }
+}
+
+/// Where this process's cgroup shows in the filesystem (as seen from `root`, "/" in production),
+/// found the way the quota is: through mountinfo, mount roots translated. For v1, the hierarchy
+/// that carries `controller`; for v2, the unified one (`controller` is not looked at).
+pub fn cgroup_dir(root: &Path, version: CgroupVersion, controller: &str) -> Option<PathBuf> {
+    let mut host = Host {
+        root,
+        warnings: Vec::new(),
+    };
+    let layout = host.layout()?;
+    let place = host.locate(&layout, version, controller)?;
+    Some(root.join(place.leaf.strip_prefix("/").unwrap_or(&place.leaf)))
 }
 
 /// The budget when `--cpus` was given: no cgroup is read, the affinity is kept for the record.
@@ -403,8 +417,13 @@ impl Host<'_> {
     }
 
     /// Where this process's cgroup of one hierarchy shows in the filesystem.
-    fn locate(&mut self, layout: &Layout, version: CgroupVersion) -> Option<Place> {
-        let has_cpu = |list: &str| list.split(',').any(|c| c == "cpu");
+    fn locate(
+        &mut self,
+        layout: &Layout,
+        version: CgroupVersion,
+        controller: &str,
+    ) -> Option<Place> {
+        let has_cpu = |list: &str| list.split(',').any(|c| c == controller);
         let path = &layout
             .cgroups
             .iter()

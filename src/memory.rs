@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::cpu::{self, CgroupVersion};
+
 /// parent pid -> child pids, for every process visible in `/proc`.
 pub fn process_tree(proc_root: &Path) -> HashMap<i32, Vec<i32>> {
     let mut tree: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -79,32 +81,14 @@ fn field_kb(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Where our memory cgroup's OOM-kill counter lives, if we can find it.
+/// Where our memory cgroup's OOM-kill counter lives, if we can find it: v1 `memory.oom_control`
+/// of the memory hierarchy, else v2 `memory.events`. The cgroup is located as the CPU quota is
+/// (mount roots translated, so it is also found inside containers).
 pub fn oom_counter_file(root: &Path) -> Option<PathBuf> {
-    let cgroups = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            let f = root
-                .join("sys/fs/cgroup/memory")
-                .join(rel)
-                .join("memory.oom_control");
-            if f.exists() {
-                return Some(f);
-            }
-        }
-        if controllers.is_empty() {
-            for base in ["sys/fs/cgroup", "sys/fs/cgroup/unified"] {
-                let f = root.join(base).join(rel).join("memory.events");
-                if f.exists() {
-                    return Some(f);
-                }
-            }
-        }
-    }
-    None
+    let v1 =
+        cpu::cgroup_dir(root, CgroupVersion::V1, "memory").map(|d| d.join("memory.oom_control"));
+    let v2 = cpu::cgroup_dir(root, CgroupVersion::V2, "").map(|d| d.join("memory.events"));
+    [v1, v2].into_iter().flatten().find(|f| f.exists())
 }
 
 /// The `oom_kill` count in `memory.events` (v2) or `memory.oom_control` (v1).
@@ -120,15 +104,10 @@ pub fn oom_kills(file: &Path) -> Option<u64> {
 /// With cgroup v2 `memory.oom.group` = 1, one OOM kill takes the whole container down, which
 /// defeats restarting just the worker that grew: worth a warning at start.
 pub fn oom_group_enabled(root: &Path) -> Option<PathBuf> {
-    let cgroups = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
-    let rel = cgroups
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))?
-        .trim_start_matches('/');
-    ["sys/fs/cgroup", "sys/fs/cgroup/unified"]
-        .iter()
-        .map(|base| root.join(base).join(rel).join("memory.oom.group"))
-        .find(|f| std::fs::read_to_string(f).is_ok_and(|v| v.trim() == "1"))
+    let file = cpu::cgroup_dir(root, CgroupVersion::V2, "")?.join("memory.oom.group");
+    std::fs::read_to_string(&file)
+        .is_ok_and(|v| v.trim() == "1")
+        .then_some(file)
 }
 
 #[cfg(test)]
@@ -154,21 +133,55 @@ mod tests {
         child.wait().unwrap();
     }
 
-    #[test]
-    fn reads_oom_counters_and_oom_group() {
+    /// A fixture root with `mountinfo` and `cgroup` as /proc/self shows them.
+    fn fixture(mountinfo: &str, cgroup: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(dir.path().join("proc/self/mountinfo"), mountinfo).unwrap();
+        std::fs::write(dir.path().join("proc/self/cgroup"), cgroup).unwrap();
+        dir
+    }
+
+    fn write(root: &Path, file: &str, text: &str) {
+        let path = root.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn reads_oom_counters_and_oom_group_of_a_v2_cgroup() {
+        let dir = fixture(
+            "41 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n",
+            "0::/pod\n",
+        );
         let r = dir.path();
-        std::fs::create_dir_all(r.join("proc/self")).unwrap();
-        std::fs::create_dir_all(r.join("sys/fs/cgroup/pod")).unwrap();
-        std::fs::write(r.join("proc/self/cgroup"), "0::/pod\n").unwrap();
-        std::fs::write(
-            r.join("sys/fs/cgroup/pod/memory.events"),
+        write(
+            r,
+            "sys/fs/cgroup/pod/memory.events",
             "low 0\noom 2\noom_kill 3\n",
-        )
-        .unwrap();
-        std::fs::write(r.join("sys/fs/cgroup/pod/memory.oom.group"), "1\n").unwrap();
+        );
+        write(r, "sys/fs/cgroup/pod/memory.oom.group", "1\n");
         let f = oom_counter_file(r).expect("found");
         assert_eq!(oom_kills(&f), Some(3));
         assert!(oom_group_enabled(r).is_some());
+    }
+
+    #[test]
+    fn finds_the_v1_memory_cgroup_of_a_container_through_its_mount_root() {
+        // Docker on a v1 host: /proc/self/cgroup names the host's path, and the memory hierarchy
+        // is mounted from that path, so the counter is at the mount point itself.
+        let dir = fixture(
+            "35 31 0:32 /docker/abc /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory\n",
+            "4:memory:/docker/abc\n",
+        );
+        let r = dir.path();
+        write(
+            r,
+            "sys/fs/cgroup/memory/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n",
+        );
+        let f = oom_counter_file(r).expect("found");
+        assert_eq!(oom_kills(&f), Some(5));
+        assert!(oom_group_enabled(r).is_none());
     }
 }
