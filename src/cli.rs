@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
 
 /// How many workers the pool runs.
@@ -214,6 +215,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A size that may also be `0` (nothing reserved).
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
+}
+
 /// A CPU budget given as a Kubernetes quantity (`2`, `1.5`, `1500m`).
 fn parse_cpus(s: &str) -> Result<f64, String> {
     crate::cpu::parse_quantity(s)
@@ -250,6 +259,17 @@ impl RestartPolicy {
             RestartPolicy::Never => "never",
         }
     }
+}
+
+/// Where workers' stdout and stderr go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WorkerOutput {
+    /// The init's own stdout/stderr: the init stays off the data path.
+    Inherit,
+    /// Relayed line by line as `[slot] line`.
+    Prefix,
+    /// Relayed line by line as one JSON object (slot, pid, generation, stream, message).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -312,7 +332,7 @@ pub struct Cli {
     pub give_up_after: Duration,
 
     /// Do not register as child subreaper when not PID 1
-    #[arg(long, env = "CLUSTER_INIT_NO_SUBREAPER")]
+    #[arg(long, env = "CLUSTER_INIT_NO_SUBREAPER", value_parser = BoolishValueParser::new())]
     pub no_subreaper: bool,
 
     /// Log format of cluster-init's own lines (stderr)
@@ -334,7 +354,7 @@ pub struct Cli {
     pub log_level: LogLevel,
 
     /// Print the plan as one JSON object and exit
-    #[arg(long, env = "CLUSTER_INIT_DRY_RUN")]
+    #[arg(long, env = "CLUSTER_INIT_DRY_RUN", value_parser = BoolishValueParser::new())]
     pub dry_run: bool,
 
     /// How a fractional CPU budget becomes `max`: floor or ceil (never below 1)
@@ -350,7 +370,7 @@ pub struct Cli {
     pub cpu_millis: Option<f64>,
 
     /// Give each worker its CPU share in GOMAXPROCS, DOTNET_PROCESSOR_COUNT, ... when unset
-    #[arg(long, env = "CLUSTER_INIT_PER_WORKER_CPU_ENV")]
+    #[arg(long, env = "CLUSTER_INIT_PER_WORKER_CPU_ENV", value_parser = BoolishValueParser::new())]
     pub per_worker_cpu_env: bool,
 
     /// Listen on [NAME=]ADDR (HOST:PORT, [::]:PORT, :PORT, unix:/path) and hand it to every worker at fd 3+; repeatable, comma-separated in the env var
@@ -398,8 +418,33 @@ pub struct Cli {
     pub watchdog: Option<Duration>,
 
     /// Add the command's arguments to exported spans (off: arguments may hold secrets)
-    #[arg(long, env = "CLUSTER_INIT_TRACE_COMMAND_ARGS")]
+    #[arg(long, env = "CLUSTER_INIT_TRACE_COMMAND_ARGS", value_parser = BoolishValueParser::new())]
     pub trace_command_args: bool,
+
+    /// Replace a worker whose accept queue is non-empty and has not shrunk for this long (0 = off)
+    #[arg(long, env = "CLUSTER_INIT_STALL_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// How often the CPU and memory budget is re-read to resize a `max` pool (0 = only at start)
+    #[arg(long, env = "CLUSTER_INIT_BUDGET_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub budget_interval: Duration,
+
+    /// Memory one worker is expected to use (300M, 1G): `max` is also bounded by the memory limit
+    #[arg(long, env = "CLUSTER_INIT_WORKER_MEMORY", value_parser = parse_size)]
+    pub worker_memory: Option<u64>,
+
+    /// Memory of the limit kept for everything but the workers when --worker-memory sizes the pool
+    #[arg(long, env = "CLUSTER_INIT_MEMORY_RESERVE", default_value = "0", value_parser = parse_size_or_zero)]
+    pub memory_reserve: u64,
+
+    /// Workers' stdout/stderr: inherit (shared with the init), prefix (`[slot] line`), json
+    #[arg(
+        long,
+        env = "CLUSTER_INIT_WORKER_OUTPUT",
+        value_enum,
+        default_value = "inherit"
+    )]
+    pub worker_output: WorkerOutput,
 
     /// The server to run, with its arguments (after `--`)
     #[arg(value_name = "COMMAND")]
