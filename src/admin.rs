@@ -58,27 +58,15 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// After `MAX_CONNECTION_LIFE`, how long an in-flight response may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Worker states as the supervisor names them; each is always present in `/metrics`.
+/// Worker states as the pool names them (`SlotState::as_str`); each is always present in
+/// `/metrics`.
 pub const WORKER_STATES: [&str; 5] = ["starting", "ready", "stopping", "backoff", "ended"];
-/// Exit reasons always present in `/metrics` (at 0 until seen), so that rate() works from the
-/// first exit on.
-pub const EXIT_REASONS: [&str; 9] = [
-    "exit_zero",
-    "exit_nonzero",
-    "signal",
-    "killed_after_timeout",
-    "oom",
-    "memory_cap",
-    "watchdog",
-    "exec_failed",
-    "ready_timeout",
-];
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 
-/// One slot of the pool, as the supervisor last published it.
+/// One slot of the pool (or one worker that left its slot), as the supervisor last published it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerStatus {
     pub slot: u32,
@@ -91,6 +79,10 @@ pub struct WorkerStatus {
     pub started_at: Option<SystemTime>,
     /// How the previous process of this slot ended, e.g. "exit 1" or "signal SIGKILL".
     pub last_exit: Option<String>,
+    /// Its reason, as `/metrics` counts it (`exit_nonzero`, `oom`, ...).
+    pub last_exit_reason: Option<&'static str>,
+    /// The last `STATUS=` the worker sent.
+    pub status_text: Option<String>,
 }
 
 /// The snapshot of the pool that the supervisor publishes on every change.
@@ -104,9 +96,28 @@ pub struct PoolStatus {
     /// When cluster-init started.
     pub start_time: SystemTime,
     pub restarts_total: u64,
-    /// Worker exits by reason (names as in [`EXIT_REASONS`]; others are shown as they come).
+    /// Worker exits by reason (every reason the pool knows, zeros included).
     pub exits: BTreeMap<&'static str, u64>,
     pub workers: Vec<WorkerStatus>,
+    /// Our own log lines dropped because stderr was not read.
+    pub log_lines_dropped: u64,
+}
+
+impl PoolStatus {
+    /// Before the first publish: nothing runs yet.
+    pub fn empty(desired: u32, cpu_budget: f64) -> PoolStatus {
+        PoolStatus {
+            ready: false,
+            generation: 1,
+            desired,
+            cpu_budget,
+            start_time: SystemTime::now(),
+            restarts_total: 0,
+            exits: BTreeMap::new(),
+            workers: Vec::new(),
+            log_lines_dropped: 0,
+        }
+    }
 }
 
 /// A bound admin listener, not yet serving.
@@ -390,7 +401,10 @@ pub fn render_metrics(s: &PoolStatus) -> String {
     );
     sample(&mut out, "cluster_init_restarts_total", s.restarts_total);
 
-    let mut exits: BTreeMap<&str, u64> = EXIT_REASONS.iter().map(|&k| (k, 0)).collect();
+    let mut exits: BTreeMap<&str, u64> = crate::pool::ExitReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), 0))
+        .collect();
     for (reason, n) in &s.exits {
         exits.insert(reason, *n);
     }
@@ -433,6 +447,18 @@ pub fn render_metrics(s: &PoolStatus) -> String {
         "1 when the pool is ready, else 0.",
     );
     sample(&mut out, "cluster_init_ready", u8::from(s.ready));
+
+    family(
+        &mut out,
+        "cluster_init_log_lines_dropped_total",
+        "counter",
+        "Log lines of cluster-init dropped because stderr was not being read.",
+    );
+    sample(
+        &mut out,
+        "cluster_init_log_lines_dropped_total",
+        s.log_lines_dropped,
+    );
 
     family(
         &mut out,
@@ -510,6 +536,8 @@ pub fn render_status(s: &PoolStatus) -> String {
                 "restarts": w.restarts,
                 "started_at": w.started_at.map(unix_seconds),
                 "last_exit": w.last_exit,
+                "last_exit_reason": w.last_exit_reason,
+                "status": w.status_text,
             })
         })
         .collect();
@@ -550,6 +578,8 @@ mod tests {
                     restarts: 1,
                     started_at: Some(t0 + Duration::from_millis(1500)),
                     last_exit: Some("exit 1".into()),
+                    last_exit_reason: Some("exit_nonzero"),
+                    status_text: Some("serving".into()),
                 },
                 WorkerStatus {
                     slot: 1,
@@ -559,8 +589,11 @@ mod tests {
                     restarts: 3,
                     started_at: None,
                     last_exit: Some("signal SIGKILL".into()),
+                    last_exit_reason: Some("signal"),
+                    status_text: None,
                 },
             ],
+            log_lines_dropped: 0,
         }
     }
 
@@ -770,7 +803,7 @@ mod tests {
             let got = value_of(&samples, "cluster_init_workers", Some(("state", state)));
             assert_eq!(got, want, "{state}");
         }
-        for reason in EXIT_REASONS {
+        for reason in crate::pool::ExitReason::ALL.map(|r| r.as_str()) {
             let want = match reason {
                 "exit_nonzero" => 3.0,
                 "signal" => 1.0,

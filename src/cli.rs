@@ -8,6 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
+
+use crate::pool::MAX_WORKERS;
+use crate::signals::{SIGRTMAX, SIGRTMIN};
 use clap::{Parser, ValueEnum};
 
 /// How many workers the pool runs.
@@ -38,8 +41,8 @@ impl FromStr for WorkerSpec {
         }
         match s.parse::<u32>() {
             Ok(0) => Err("at least 1 worker is needed".into()),
-            Ok(n) => Ok(WorkerSpec::Count(n)),
-            Err(_) => Err("too many workers".into()),
+            Ok(n) if n <= MAX_WORKERS => Ok(WorkerSpec::Count(n)),
+            _ => Err(format!("at most {MAX_WORKERS} workers")),
         }
     }
 }
@@ -96,7 +99,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// A signal number, real-time signals included (nix's `Signal` cannot name those).
+/// A signal number, real-time signals included (nix's `Signal` cannot name those), by the
+/// kernel's numbering: `SIGRTMIN+2` is 36 on every build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sig(pub i32);
 
@@ -114,9 +118,8 @@ pub fn signal_name(n: i32) -> String {
     if let Ok(s) = nix::sys::signal::Signal::try_from(n) {
         return s.as_str().to_string();
     }
-    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
-    if (min..=max).contains(&n) {
-        return format!("SIGRTMIN+{}", n - min);
+    if (SIGRTMIN..=SIGRTMAX).contains(&n) {
+        return format!("SIGRTMIN+{}", n - SIGRTMIN);
     }
     n.to_string()
 }
@@ -125,14 +128,18 @@ impl FromStr for Sig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let upper = s.trim().to_ascii_uppercase();
-        let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        let (min, max) = (SIGRTMIN, SIGRTMAX);
         let n = if let Ok(n) = upper.parse::<i32>() {
             n
         } else {
             let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
             // Offsets are small and unsigned: a real-time name must name a real-time signal
             // (`RTMIN+-3` would otherwise silently be SIGSYS).
-            if let Some(off) = bare.strip_prefix("RTMIN+") {
+            if bare == "RTMIN" {
+                min
+            } else if bare == "RTMAX" {
+                max
+            } else if let Some(off) = bare.strip_prefix("RTMIN+") {
                 let off = off.parse::<u8>().map_err(|_| "malformed RTMIN+N")?;
                 Some(min + i32::from(off))
                     .filter(|&n| n <= max)
@@ -589,8 +596,11 @@ mod tests {
         assert_eq!("SIGTERM".parse(), Ok(Sig(libc::SIGTERM)));
         assert_eq!("term".parse(), Ok(Sig(libc::SIGTERM)));
         assert_eq!("9".parse(), Ok(Sig(libc::SIGKILL)));
-        assert_eq!("SIGRTMIN+2".parse(), Ok(Sig(libc::SIGRTMIN() + 2)));
-        assert_eq!(Sig(libc::SIGRTMIN() + 2).name(), "SIGRTMIN+2");
+        assert_eq!("SIGRTMIN+2".parse(), Ok(Sig(36)));
+        assert_eq!("SIGRTMIN".parse(), Ok(Sig(34)));
+        assert_eq!("RTMAX-0".parse(), Ok(Sig(64)));
+        assert_eq!(Sig(36).name(), "SIGRTMIN+2");
+        assert_eq!(Sig(34).name(), "SIGRTMIN+0");
         assert_eq!(Sig(libc::SIGQUIT).name(), "SIGQUIT");
         for bad in [
             "SIGFOO",

@@ -46,6 +46,32 @@ pub enum PlanError {
 }
 
 impl Config {
+    /// What the pool core needs of the plan.
+    pub fn pool_settings(&self) -> crate::pool::Settings {
+        let seed = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        crate::pool::Settings {
+            workers: self.workers,
+            restart: self.restart,
+            stop_signal: self.stop_signal.0,
+            stop_timeout: self.stop_timeout,
+            backoff: self.backoff,
+            give_up_after: self.give_up_after,
+            ready: self.ready,
+            ready_timeout: self.ready_timeout,
+            min_ready: self.min_ready,
+            watchdog: self.watchdog,
+            memory_cap: self
+                .max_worker_memory
+                .map(|cap| (cap, self.memory_check_interval)),
+            hup: self.hup,
+            seed,
+        }
+    }
+
     /// Resolves the plan. With `bind` false (dry run) no socket is opened.
     pub fn from_cli(cli: &Cli, bind: bool) -> Result<(Config, serde_json::Value), PlanError> {
         let affinity = cpu::sched_affinity();
@@ -66,7 +92,8 @@ impl Config {
                 ),
             ),
             WorkerSpec::Max { minus } => {
-                let n = cpu::workers_for(budget.budget, cli.cpu_round, minus);
+                let n = cpu::workers_for(budget.budget, cli.cpu_round, minus)
+                    .min(crate::pool::MAX_WORKERS);
                 let minus = if minus > 0 {
                     format!(" minus {minus}")
                 } else {

@@ -5,15 +5,22 @@ use std::time::Duration;
 
 use cluster_init::cli::{self, Parsed};
 use cluster_init::config::{Config, PlanError};
-use cluster_init::supervisor;
 use cluster_init::telemetry::{LogFormat, Settings, Telemetry};
+use cluster_init::{machine, signals, supervisor};
 use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
-    ExitCode::from(run() as u8)
+    // First, before any thread exists: every signal we handle waits for the loop's signalfd.
+    let signals = signals::take_over();
+    let code = run(signals);
+    if machine::is_init() {
+        // PID 1 of the whole machine (a VM's rdinit): exiting would panic the kernel.
+        machine::power_off(code);
+    }
+    ExitCode::from(code as u8)
 }
 
-fn run() -> i32 {
+fn run(signals: std::io::Result<()>) -> i32 {
     let cli = match cli::parse(std::env::args_os()) {
         Parsed::Run(cli) => cli,
         Parsed::Exit {
@@ -53,14 +60,18 @@ fn run() -> i32 {
             return 2;
         }
     };
+    if let Err(e) = signals {
+        tracing::error!("cannot take over signal handling: {e}");
+        return 1;
+    }
     let (config, plan) = match Config::from_cli(&cli, !cli.dry_run) {
         Ok(v) => v,
         Err(PlanError::Usage(message)) => {
-            eprintln!("cluster-init: {message}");
+            tracing::error!(process.exit.code = 2, "{message}");
             return 2;
         }
         Err(PlanError::CannotRun(e)) => {
-            eprintln!("cluster-init: {}", e.message);
+            tracing::error!(process.exit.code = e.code, "{}", e.message);
             return e.code;
         }
     };

@@ -40,6 +40,87 @@ pub fn parent_pid(proc_root: &Path, pid: i32) -> Option<i32> {
     fields.next()?.parse().ok()
 }
 
+/// `root` and all its descendants, found through each thread's `children` file, so that only
+/// the worker's own tree is read, not every process on the host. Falls back to a scan of
+/// `/proc` where the kernel has no `children` files.
+pub fn tree_of(proc_root: &Path, root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        // pid reuse cannot form a cycle in one walk, but a bound costs nothing.
+        if out.len() > 100_000 {
+            break;
+        }
+        out.push(pid);
+        let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+            continue;
+        };
+        let mut any_children_file = false;
+        for task in tasks.flatten() {
+            if let Ok(kids) = std::fs::read_to_string(task.path().join("children")) {
+                any_children_file = true;
+                stack.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<i32>().ok()),
+                );
+            }
+        }
+        if !any_children_file {
+            let tree = process_tree(proc_root);
+            let mut rest = Vec::new();
+            let mut todo = vec![root];
+            while let Some(p) = todo.pop() {
+                rest.push(p);
+                todo.extend(tree.get(&p).into_iter().flatten());
+            }
+            return rest;
+        }
+    }
+    out
+}
+
+/// Bytes of `pids`: PSS where the kernel has `smaps_rollup`, RSS otherwise.
+pub fn bytes_of(proc_root: &Path, pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|&p| process_bytes(proc_root, p).unwrap_or(0))
+        .sum()
+}
+
+/// Measures workers' memory on a thread of its own: reading `smaps_rollup` takes the target's
+/// memory-map lock, and a process in the middle of a huge `mmap` could hold PID 1 up otherwise.
+pub struct Meter {
+    requests: std::sync::mpsc::Sender<Vec<i32>>,
+}
+
+impl Meter {
+    /// Starts the thread; None when no thread can be made (a tight pids limit): the caller
+    /// tries again at the next check.
+    pub fn start(results: tokio::sync::mpsc::UnboundedSender<Vec<(i32, u64)>>) -> Option<Meter> {
+        let (requests, rx) = std::sync::mpsc::channel::<Vec<i32>>();
+        std::thread::Builder::new()
+            .name("memory".into())
+            .spawn(move || {
+                let proc_root = Path::new("/proc");
+                while let Ok(pids) = rx.recv() {
+                    let used = pids
+                        .into_iter()
+                        .map(|p| (p, bytes_of(proc_root, &tree_of(proc_root, p))))
+                        .collect();
+                    if results.send(used).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Meter { requests })
+    }
+
+    /// Asks for these workers' memory (with their descendants); the answer comes on the channel.
+    pub fn request(&self, pids: Vec<i32>) {
+        let _ = self.requests.send(pids);
+    }
+}
+
 /// Bytes of memory of `root` and all its descendants: PSS where the kernel has
 /// `smaps_rollup` (shared pages are split between sharers, so a prefork server's copy-on-write
 /// pages are not counted once per process), RSS otherwise.
@@ -129,6 +210,9 @@ mod tests {
         let alone = process_bytes(root, me).unwrap();
         let with_child = tree_bytes(root, &tree, me);
         assert!(with_child > alone, "{with_child} <= {alone}");
+        let walked = tree_of(root, me);
+        assert!(walked.contains(&me) && walked.contains(&(child.id() as i32)));
+        assert!(bytes_of(root, &walked) > alone);
         child.kill().unwrap();
         child.wait().unwrap();
     }

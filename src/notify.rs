@@ -26,17 +26,19 @@
 //! [`MAX_DATAGRAM`] bytes is dropped, and file descriptors passed along (`SCM_RIGHTS`, as for
 //! `FDSTORE=1`, which we do not offer) are closed on arrival so they cannot pile up in PID 1.
 //!
-//! Where the socket lives: [`NotifyServer::bind_default`] tries `/run/cluster-init/notify.sock`
-//! and, when `/run` is read-only or missing, `$TMPDIR/cluster-init-<pid>/notify.sock` (`/tmp`
-//! without `TMPDIR`). The directory is ours (mode 0755); the socket is mode 0666 so workers that
-//! dropped privileges can still send. Both are removed when the server is dropped.
+//! Where the socket lives: nowhere on disk. It is an abstract unix socket,
+//! `@cluster-init/<pid namespace inode>/<our pid>/notify`, so `--ready notify` works on a read-only
+//! root with no writable directory, and two inits sharing a network namespace (two containers of
+//! one pod) never meet: each container has its own PID namespace, and inits in one namespace have
+//! their own pids. Anyone in the network namespace can send to an abstract name, which is why the
+//! sender is judged by its kernel-given pid alone: it must be one of our workers or their
+//! descendants (a process of another PID namespace arrives as pid 0 and is dropped).
 
 use std::ffi::OsStr;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::socket::{
     bind, recvmsg, sendto, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned,
@@ -98,89 +100,55 @@ pub fn parse(datagram: &[u8]) -> Vec<Notice> {
         .collect()
 }
 
-/// The bound notify socket. Dropping it removes the socket file (and the directory we made).
+/// The bound notify socket.
 pub struct NotifyServer {
     fd: AsyncFd<OwnedFd>,
-    path: PathBuf,
-    /// The directory, if we created it (and so should remove it).
-    made_dir: Option<PathBuf>,
+    /// `@name`, as workers get it in `NOTIFY_SOCKET`.
+    name: String,
 }
 
 impl NotifyServer {
-    /// Binds at `/run/cluster-init/notify.sock`, or under `$TMPDIR` (else `/tmp`) in
-    /// `cluster-init-<pid>/` when `/run` cannot be written. Must be called inside the runtime.
-    pub fn bind_default() -> Result<NotifyServer, String> {
-        let run = Path::new("/run/cluster-init/notify.sock");
-        match NotifyServer::bind(run) {
-            Ok(s) => Ok(s),
-            Err(first) => {
-                let tmp = std::env::var_os("TMPDIR")
-                    .filter(|t| !t.is_empty())
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/tmp"));
-                let dir = tmp.join(format!("cluster-init-{}", std::process::id()));
-                NotifyServer::bind(&dir.join("notify.sock"))
-                    .map_err(|second| format!("{first}; and {second}"))
-            }
-        }
+    /// Binds this init's own abstract name. Must be called inside the runtime.
+    pub fn bind_for_pool() -> Result<NotifyServer, String> {
+        let ns = std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("pid:[")?
+                    .strip_suffix(']')
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "0".into());
+        NotifyServer::bind(&format!("cluster-init/{ns}/{}/notify", std::process::id()))
     }
 
-    /// Binds a datagram socket at `path`, creating its directory (mode 0755) if missing. A stale
-    /// socket left at `path` by an earlier run is replaced. Must be called inside the runtime
-    /// (the socket is registered with its reactor).
-    pub fn bind(path: &Path) -> Result<NotifyServer, String> {
-        let what = |e: &dyn std::fmt::Display| {
-            format!("cannot bind notify socket {}: {e}", path.display())
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .ok_or_else(|| what(&"no directory"))?;
-        let made_dir = ensure_dir(dir).map_err(|e| what(&e))?;
-        // From here on, a failure must not leave our new directory behind.
-        let cleanup = |msg: String| {
-            if let Some(d) = &made_dir {
-                let _ = std::fs::remove_dir(d);
-            }
-            msg
-        };
-        remove_stale_socket(path).map_err(|e| cleanup(what(&e)))?;
+    /// Binds a datagram socket at the abstract `name` (given without the `@`). Must be called
+    /// inside the runtime (the socket is registered with its reactor).
+    pub fn bind(name: &str) -> Result<NotifyServer, String> {
+        let what = |e: &dyn std::fmt::Display| format!("cannot bind notify socket @{name}: {e}");
         let fd = socket(
             AddressFamily::Unix,
             SockType::Datagram,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
             None,
         )
-        .map_err(|e| cleanup(what(&e)))?;
+        .map_err(|e| what(&e))?;
         // Without SO_PASSCRED the kernel attaches no sender pid, and we could not tell workers apart.
-        setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| cleanup(what(&e)))?;
-        let addr = UnixAddr::new(path).map_err(|e| cleanup(what(&e)))?;
-        bind(fd.as_raw_fd(), &addr).map_err(|e| cleanup(what(&e)))?;
-        // bind() honours our umask; workers under another uid need write permission to send.
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)) {
-            let _ = std::fs::remove_file(path);
-            return Err(cleanup(what(&e)));
-        }
-        // SAFETY: an OwnedFd keeps its fd open and unchanged for as long as it lives, and the
-        // AsyncFd owns it from here on, which is what `register` asks.
-        let fd = match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-            Ok(fd) => fd,
-            Err(e) => {
-                let e = io::Error::from(e);
-                let _ = std::fs::remove_file(path);
-                return Err(cleanup(what(&e)));
-            }
-        };
+        setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| what(&e))?;
+        let addr = UnixAddr::new_abstract(name.as_bytes()).map_err(|e| what(&e))?;
+        bind(fd.as_raw_fd(), &addr).map_err(|e| what(&e))?;
+        // SAFETY: the AsyncFd owns the socket and keeps it open for as long as it lives.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| what(&io::Error::from(e)))?;
         Ok(NotifyServer {
             fd,
-            path: path.to_path_buf(),
-            made_dir,
+            name: format!("@{name}"),
         })
     }
 
-    /// The socket's path: what workers get as `NOTIFY_SOCKET`.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// What workers get as `NOTIFY_SOCKET`: `@` and the abstract name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The next datagram worth handing on: its sender's pid and its notices. Datagrams that are
@@ -209,55 +177,6 @@ impl NotifyServer {
                 tokio::task::yield_now().await;
             }
         }
-    }
-}
-
-impl Drop for NotifyServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        if let Some(dir) = &self.made_dir {
-            // Only succeeds if empty: we never remove what someone else put there.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-/// Creates `dir` (mode 0755) if missing and returns it if we made it. An existing directory is
-/// accepted only if it is a real directory owned by us: a symlink or someone else's directory
-/// could redirect our socket.
-fn ensure_dir(dir: &Path) -> io::Result<Option<PathBuf>> {
-    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
-        Ok(()) => {
-            // The umask may have taken bits we need (search permission for other uids).
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-            Ok(Some(dir.to_path_buf()))
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::symlink_metadata(dir)?;
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let euid = unsafe { libc::geteuid() };
-            if !meta.is_dir() || meta.uid() != euid {
-                return Err(io::Error::other(format!(
-                    "{} exists and is not a directory of ours",
-                    dir.display()
-                )));
-            }
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes a socket left at `path` by an earlier run; refuses to remove anything else.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "a file that is not a socket is in the way",
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -453,13 +372,30 @@ mod tests {
         }
     }
 
-    /// Runs `python3 -c code` with the socket path as argv[1]; stdin is a pipe the child (and
+    /// A server on an abstract name of this test alone.
+    fn server() -> NotifyServer {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NotifyServer::bind(&format!("cluster-init-test/{}/{n}", std::process::id())).expect("bind")
+    }
+
+    fn client_to(server: &NotifyServer) -> (UnixDatagram, std::os::unix::net::SocketAddr) {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&server.name()[1..])
+            .expect("abstract address");
+        (UnixDatagram::unbound().expect("socket"), addr)
+    }
+
+    /// Python: turn NOTIFY_SOCKET's `@name` (argv[1]) into the abstract address in `addr`.
+    const ADDR: &str = "import sys\naddr = '\\0' + sys.argv[1][1:]\n";
+
+    /// Runs `python3 -c code` with the socket's name as argv[1]; stdin is a pipe the child (and
     /// its children) may block on, so they stay alive until we drop it.
-    fn python(code: &str, path: &Path) -> Child {
+    fn python(code: &str, server: &NotifyServer) -> Child {
         Command::new("python3")
             .arg("-c")
-            .arg(code)
-            .arg(path)
+            .arg(format!("{ADDR}{code}"))
+            .arg(server.name())
             .stdin(Stdio::piped())
             .spawn()
             .expect("python3 runs")
@@ -479,17 +415,17 @@ mod tests {
     }
 
     const SEND_AND_WAIT: &str = "
-import socket, sys
+import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.sendto(b'READY=1\\nSTATUS=up', sys.argv[1])
+s.sendto(b'READY=1\\nSTATUS=up', addr)
 sys.stdin.read()
 ";
 
     #[tokio::test]
     async fn datagram_from_child_carries_its_pid() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = NotifyServer::bind(&dir.path().join("n/notify.sock")).expect("bind");
-        let child = python(SEND_AND_WAIT, server.path());
+        let server = server();
+        assert!(server.name().starts_with("@cluster-init-test/"));
+        let child = python(SEND_AND_WAIT, &server);
         let (pid, notices) = recv_in_time(&server).await;
         assert_eq!(pid, child.id() as i32);
         assert_eq!(notices, vec![Notice::Ready, Notice::Status("up".into())]);
@@ -502,18 +438,14 @@ sys.stdin.read()
 
     #[tokio::test]
     async fn grandchild_message_maps_to_the_child() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        let server = server();
         // The child plays a pre-forking master; its own child sends and then waits on stdin.
-        let master = "
-import subprocess, sys
-subprocess.run([sys.executable, '-c', sys.argv[2], sys.argv[1]], check=True)
-";
+        let master = "import subprocess, sys\nsubprocess.run([sys.executable, '-c', sys.argv[2], sys.argv[1]], check=True)\n".to_string();
         let child = Command::new("python3")
             .arg("-c")
             .arg(master)
-            .arg(server.path())
-            .arg(SEND_AND_WAIT)
+            .arg(server.name())
+            .arg(format!("{ADDR}{SEND_AND_WAIT}"))
             .stdin(Stdio::piped())
             .spawn()
             .expect("python3 runs");
@@ -536,7 +468,7 @@ subprocess.run([sys.executable, '-c', sys.argv[2], sys.argv[1]], check=True)
     }
 
     /// Every fd target of ours that names `needle`.
-    fn open_fds_naming(needle: &str) -> Vec<PathBuf> {
+    fn open_fds_naming(needle: &str) -> Vec<std::path::PathBuf> {
         std::fs::read_dir("/proc/self/fd")
             .expect("/proc/self/fd")
             .filter_map(|e| e.ok())
@@ -548,22 +480,22 @@ subprocess.run([sys.executable, '-c', sys.argv[2], sys.argv[1]], check=True)
     #[tokio::test]
     async fn passed_fds_are_closed_on_arrival() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        let server = server();
         // A file only this test opens: finding it in /proc/self/fd is exact even while other
         // tests open and close fds in parallel (a bare count would race with them).
         let marker = dir.path().join("passed-fd-marker");
         std::fs::write(&marker, b"x").expect("marker");
         let code = "
-import os, socket, sys
+import os, socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.connect(sys.argv[1])
+s.connect(addr)
 fds = [os.open(sys.argv[2], os.O_RDONLY) for _ in range(3)]
 socket.send_fds(s, [b'FDSTORE=1\\nREADY=1'], fds)
 ";
         let child = Command::new("python3")
             .arg("-c")
-            .arg(code)
-            .arg(server.path())
+            .arg(format!("{ADDR}{code}"))
+            .arg(server.name())
             .arg(&marker)
             .spawn()
             .expect("python3 runs");
@@ -572,67 +504,56 @@ socket.send_fds(s, [b'FDSTORE=1\\nREADY=1'], fds)
             notices,
             vec![Notice::Other("FDSTORE=1".into()), Notice::Ready]
         );
-        assert_eq!(open_fds_naming("passed-fd-marker"), Vec::<PathBuf>::new());
+        assert_eq!(
+            open_fds_naming("passed-fd-marker"),
+            Vec::<std::path::PathBuf>::new()
+        );
         finish(child);
     }
 
     #[tokio::test]
     async fn oversized_and_empty_datagrams_are_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
-        let client = UnixDatagram::unbound().expect("socket");
+        let server = server();
+        let (client, addr) = client_to(&server);
         let mut big = b"STATUS=".to_vec();
         big.resize(MAX_DATAGRAM + 100, b'x');
-        client.send_to(&big, server.path()).expect("send big");
-        client.send_to(b"", server.path()).expect("send empty");
+        client.send_to_addr(&big, &addr).expect("send big");
+        client.send_to_addr(b"", &addr).expect("send empty");
         client
-            .send_to(b"garbage\n\xff", server.path())
+            .send_to_addr(b"garbage\n\xff", &addr)
             .expect("send junk");
-        client.send_to(b"STOPPING=1", server.path()).expect("send");
+        client.send_to_addr(b"STOPPING=1", &addr).expect("send");
         let (pid, notices) = recv_in_time(&server).await;
         assert_eq!(pid, std::process::id() as i32);
         assert_eq!(notices, vec![Notice::Stopping]);
     }
 
     #[tokio::test]
-    async fn socket_is_open_to_all_and_removed_on_drop() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock_dir = dir.path().join("ours");
-        let path = sock_dir.join("notify.sock");
-        // A stale socket from an earlier run is replaced.
-        std::fs::create_dir(&sock_dir).expect("mkdir");
-        drop(UnixDatagram::bind(&path).expect("stale socket"));
-        let server = NotifyServer::bind(&path).expect("bind over stale socket");
-        let meta = std::fs::metadata(&path).expect("socket file");
-        assert_eq!(meta.permissions().mode() & 0o777, 0o666);
-        drop(server);
-        assert!(!path.exists());
-        assert!(sock_dir.exists(), "a directory we did not make stays");
-
-        let made = dir.path().join("made");
-        let server = NotifyServer::bind(&made.join("notify.sock")).expect("bind");
-        let meta = std::fs::metadata(&made).expect("dir");
-        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
-        drop(server);
-        assert!(!made.exists(), "a directory we made goes");
-
-        // Not a socket: never removed.
-        let file = dir.path().join("regular");
-        std::fs::write(&file, b"keep").expect("file");
-        let err = NotifyServer::bind(&file).err().expect("refused");
-        assert!(err.contains("not a socket"), "{err}");
-        assert!(file.exists());
+    async fn the_name_is_taken_once_and_needs_no_filesystem() {
+        let first = server();
+        let name = first.name()[1..].to_string();
+        let name = name.as_str();
+        let err = NotifyServer::bind(name).err().expect("second bind refused");
+        assert!(err.contains("in use"), "{err}");
+        drop(first);
+        NotifyServer::bind(name).expect("free again once dropped");
+        let ours = NotifyServer::bind_for_pool().expect("the pool's own name");
+        assert!(
+            ours.name()
+                .ends_with(&format!("/{}/notify", std::process::id())),
+            "{}",
+            ours.name()
+        );
     }
 
     #[tokio::test]
     async fn recv_is_cancel_safe() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = NotifyServer::bind(&dir.path().join("notify.sock")).expect("bind");
+        let server = server();
         // A recv abandoned while waiting loses nothing sent afterwards.
         let abandoned = tokio::time::timeout(Duration::from_millis(20), server.recv()).await;
         assert!(abandoned.is_err());
-        let client = UnixDatagram::unbound().expect("socket");
-        client.send_to(b"WATCHDOG=1", server.path()).expect("send");
+        let (client, addr) = client_to(&server);
+        client.send_to_addr(b"WATCHDOG=1", &addr).expect("send");
         assert_eq!(recv_in_time(&server).await.1, vec![Notice::Watchdog]);
     }
 

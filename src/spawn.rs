@@ -27,37 +27,21 @@ pub struct Program {
     pub exe_name: String,
 }
 
-/// The command cannot run at all: reported once, never crash-looped.
+/// The command cannot run at all (found at start): reported once, never crash-looped.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CannotRun {
     /// 127 when not found, 126 when found but not executable (the shells' convention).
     pub code: i32,
     pub message: String,
-    /// The machine, not the program, is at fault (no pids, memory or descriptors left, the
-    /// binary being written): worth another try later, unlike a missing or non-executable file.
-    pub transient: bool,
 }
 
 impl CannotRun {
     fn from_errno(display: &str, errno: i32) -> CannotRun {
         let code = if errno == libc::ENOENT { 127 } else { 126 };
         let reason = nix::errno::Errno::from_raw(errno).desc();
-        let about_the_program = [
-            libc::ENOENT,
-            libc::EACCES,
-            libc::EPERM,
-            libc::ENOEXEC,
-            libc::ENOTDIR,
-            libc::EISDIR,
-            libc::ELOOP,
-            libc::ENAMETOOLONG,
-            libc::ELIBBAD,
-            libc::EINVAL,
-        ];
         CannotRun {
             code,
             message: format!("cannot run {display}: {reason}"),
-            transient: !about_the_program.contains(&errno),
         }
     }
 }
@@ -69,7 +53,6 @@ impl Program {
         let first = command.first().ok_or(CannotRun {
             code: 2,
             message: "no command given".into(),
-            transient: false,
         })?;
         let display = first.to_string_lossy().into_owned();
         let exe_name = Path::new(first)
@@ -80,7 +63,6 @@ impl Program {
             CString::new(s.as_bytes()).map_err(|_| CannotRun {
                 code: 2,
                 message: format!("cannot run {display}: argument contains a NUL byte"),
-                transient: false,
             })
         };
         let resolved = if first.as_bytes().contains(&b'/') {
@@ -197,9 +179,21 @@ pub fn inherited_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// Forks and execs one worker in its own process group, with `fds` at 3, 4, ... and nothing else
-/// of ours open. Returns the pid once exec has succeeded.
-pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<i32, CannotRun> {
+/// A forked worker whose exec is not confirmed yet.
+pub struct Forked {
+    pub pid: i32,
+    /// The exec-error pipe: EOF once exec succeeded, four bytes of errno if it failed. Read it
+    /// with [`exec_outcome`] when it turns readable; the loop never waits on it.
+    pub exec_pipe: OwnedFd,
+}
+
+/// Forks one worker in its own process group, with `fds` at 3, 4, ... and nothing else of ours
+/// open, and returns at once: exec happens in the child. `Err(errno)` when no process could be
+/// made (the pipe or the fork failed: no descriptors, pids or memory left).
+///
+/// Every signal the init handles is blocked in the init (see `signals`), so no signal can be
+/// acted on in the child before it has reset its dispositions and mask.
+pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<Forked, i32> {
     let mut argv: Vec<*const libc::c_char> = program.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let listen_pid_ptr = env
@@ -209,23 +203,12 @@ pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<i32,
         env.storage.iter().map(|e| e.as_ptr().cast()).collect();
     envp.push(std::ptr::null());
     let mut scratch: Vec<RawFd> = vec![-1; fds.len()];
-    let nsig = libc::SIGRTMAX() + 1;
     let parent = std::process::id() as libc::pid_t;
 
-    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| CannotRun::from_errno(&program.display, e as i32))?;
+    let (err_read, err_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| e as i32)?;
 
-    // SAFETY: sigset_t is plain data, valid when zeroed; sigfillset / pthread_sigmask fill them.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to initialised sigsets.
-    unsafe {
-        libc::sigfillset(&mut all);
-        // Blocked across fork so that no handler of ours runs in the child (it would write into
-        // our self-pipe and look like a signal sent to the init).
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
     // SAFETY: the child only runs `child_after_fork`, which makes async-signal-safe calls on
     // memory prepared above, then execs or _exits.
     let pid = unsafe { libc::fork() };
@@ -241,46 +224,45 @@ pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<i32,
                 scratch: scratch.as_mut_ptr(),
                 err_fd: err_write.as_raw_fd(),
                 parent,
-                nsig,
             })
         }
     }
     let fork_errno = nix::errno::Errno::last_raw();
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     drop(err_write);
     if pid < 0 {
-        return Err(CannotRun::from_errno(&program.display, fork_errno));
+        return Err(fork_errno);
     }
     // Also set from the parent: whichever runs first, the group exists before we signal it.
     // EACCES (the child already exec'd) and ESRCH (it already died) are both fine here.
     // SAFETY: plain syscall on a pid we own.
     unsafe { libc::setpgid(pid, pid) };
-
-    match read_errno(err_read) {
-        None => Ok(pid),
-        Some(errno) => {
-            // The child _exited; reap it here so the supervisor never sees a worker that never was.
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            Err(CannotRun::from_errno(&program.display, errno))
-        }
-    }
+    Ok(Forked {
+        pid,
+        exec_pipe: err_read,
+    })
 }
 
-fn read_errno(fd: OwnedFd) -> Option<i32> {
+/// What the exec-error pipe says: `None` while the child has not exec'd yet (nothing to read),
+/// `Some(Ok(()))` once exec succeeded (EOF), `Some(Err(errno))` when it failed.
+pub fn exec_outcome(pipe: &OwnedFd) -> Option<Result<(), i32>> {
     let mut buf = [0u8; 4];
     let mut got = 0;
-    while got < 4 {
-        match nix::unistd::read(&fd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
+    loop {
+        match nix::unistd::read(pipe, &mut buf[got..]) {
+            // EOF: exec closed the pipe (or the child died before it could write).
+            Ok(0) => return Some(Ok(())),
+            Ok(n) => {
+                got += n;
+                if got == 4 {
+                    return Some(Err(i32::from_ne_bytes(buf)));
+                }
+            }
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
+            // Four bytes are written at once (less than PIPE_BUF): a partial read cannot wait.
+            Err(nix::errno::Errno::EAGAIN) if got == 0 => return None,
+            Err(_) => return Some(Ok(())),
         }
     }
-    (got == 4).then(|| i32::from_ne_bytes(buf))
 }
 
 struct ChildPlan<'a> {
@@ -292,7 +274,6 @@ struct ChildPlan<'a> {
     scratch: *mut RawFd,
     err_fd: RawFd,
     parent: libc::pid_t,
-    nsig: i32,
 }
 
 /// Runs in the forked child. Only async-signal-safe calls; no allocation.
@@ -307,7 +288,7 @@ unsafe fn child_after_fork(plan: ChildPlan) -> ! {
     // yet they can arrive ignored from our own parent and would then stay ignored in workers.
     // All-zero is the kernel's struct sigaction for SIG_DFL with no flags and an empty mask.
     let dfl = [0u64; 4];
-    for sig in 1..plan.nsig {
+    for sig in 1..=crate::signals::SIGRTMAX {
         libc::syscall(
             libc::SYS_rt_sigaction,
             sig,
@@ -357,9 +338,15 @@ unsafe fn child_after_fork(plan: ChildPlan) -> ! {
         write_decimal(digits, libc::getpid() as u32);
     }
 
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // The raw syscall, like above: the C library would keep some real-time signals blocked.
+    let empty = 0u64;
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &empty as *const u64,
+        std::ptr::null_mut::<u64>(),
+        8usize,
+    );
     libc::execve(plan.path, plan.argv, plan.envp);
     fail(err_fd)
 }
@@ -477,15 +464,6 @@ mod tests {
             env.storage[env.listen_pid.unwrap()].len(),
             LISTEN_PID_KEY.len() + PID_ROOM
         );
-    }
-
-    #[test]
-    fn only_failures_of_the_program_itself_are_final() {
-        assert!(!CannotRun::from_errno("x", libc::ENOENT).transient);
-        assert!(!CannotRun::from_errno("x", libc::EACCES).transient);
-        assert!(CannotRun::from_errno("x", libc::EAGAIN).transient);
-        assert!(CannotRun::from_errno("x", libc::ENOMEM).transient);
-        assert!(CannotRun::from_errno("x", libc::ETXTBSY).transient);
     }
 
     #[test]

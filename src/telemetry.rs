@@ -52,6 +52,8 @@ use tracing_subscriber::{Layer, Registry};
 
 pub use config::DEFAULT_SERVICE_NAME;
 
+use crate::pool::ExitReason;
+
 /// Target of the lifecycle spans: the log layer skips them, the OpenTelemetry layer exports them.
 /// Their integer fields are given as i64: tracing-opentelemetry turns a u64 field into a string.
 const LIFE: &str = "cluster_init::life";
@@ -171,13 +173,18 @@ impl Telemetry {
         let export = match plan {
             config::Plan::Off(warning) => {
                 let dispatch = Dispatch::new(Registry::default().with(logs));
-                return Ok((Telemetry { export: None }, dispatch, Notes::Warn(warning)));
+                return Ok((Telemetry { export: None }, dispatch, Notes::warn(warning)));
             }
             config::Plan::Export(export) => export,
         };
         // Building the provider spawns the batch thread, and the SDK panics when it cannot
-        // (a tight pids limit): that costs the traces, not the pool.
-        let provider = match catch_unwind(|| provider(&export)) {
+        // (a tight pids limit): that costs the traces, not the pool, and it must not print a
+        // panic either. Only this thread runs yet, so silencing the hook hides no other panic.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let built = catch_unwind(|| provider(&export));
+        std::panic::set_hook(hook);
+        let provider = match built {
             Ok(Ok(provider)) => provider,
             Ok(Err(e)) => return Err(e),
             Err(_) => {
@@ -186,7 +193,15 @@ impl Telemetry {
                 return Ok((
                     Telemetry { export: None },
                     dispatch,
-                    Notes::Warn(Some(note.to_string())),
+                    Notes {
+                        warnings: export
+                            .warnings
+                            .iter()
+                            .cloned()
+                            .chain([note.to_string()])
+                            .collect(),
+                        info: None,
+                    },
                 ));
             }
         };
@@ -215,7 +230,14 @@ impl Telemetry {
                 ended_in_shutdown: Vec::new(),
             }),
         };
-        Ok((telemetry, dispatch, Notes::Info(note)))
+        Ok((
+            telemetry,
+            dispatch,
+            Notes {
+                warnings: export.warnings.clone(),
+                info: Some(note),
+            },
+        ))
     }
 
     pub fn enabled(&self) -> bool {
@@ -239,10 +261,10 @@ impl Telemetry {
     }
 
     /// Ends `cluster_init.start`, linked to the lives it started.
-    pub fn started(&mut self, lives: &[&WorkerLife]) {
+    pub fn started(&mut self, lives: Vec<LifeLink>) {
         if let Some(span) = self.export.as_mut().and_then(|ex| ex.start.take()) {
             shielded(|| {
-                link_all(&span, lives.iter().filter_map(|l| l.link()));
+                link_all(&span, lives);
                 end(span);
             });
         }
@@ -310,14 +332,24 @@ impl Telemetry {
         }
     }
 
-    /// The command could not be executed: ends the life at once, with `error.type`
-    /// `exec_failed` and the reason as the status.
-    pub fn worker_exec_failed(&mut self, life: WorkerLife, code: i32, error: &str) {
+    /// No process ran (the fork or the exec failed): ends the life at once, with `error.type`
+    /// the reason and the errno's text as the status.
+    pub fn worker_exec_failed(
+        &mut self,
+        life: WorkerLife,
+        reason: ExitReason,
+        code: i32,
+        error: &str,
+    ) {
         if let Some(life) = &life.0 {
             shielded(|| {
-                life.span.set_attribute("error.type", "exec_failed");
+                life.span.set_attribute("error.type", reason.as_str());
                 life.span
-                    .set_attribute("process.exit.code", i64::from(code));
+                    .set_attribute("cluster_init.exit.reason", reason.as_str());
+                if code != 0 {
+                    life.span
+                        .set_attribute("process.exit.code", i64::from(code));
+                }
                 life.span.set_status(Status::error(error.to_string()));
             });
         }
@@ -363,14 +395,14 @@ impl Telemetry {
         }
     }
 
-    /// The worker was reaped: ends `worker.stop` (if any) and `worker`. The status is Error for
-    /// a non-zero exit, a signal other than our stop signal, or a kill after the stop timeout.
+    /// The worker was reaped: ends `worker.stop` (if any) and `worker`, with the exit reason
+    /// as `cluster_init.exit.reason` and, for a failure, as `error.type` with status Error.
     pub fn worker_exited(
         &mut self,
         life: WorkerLife,
         code: Option<i32>,
         signal: Option<&str>,
-        killed_after_timeout: bool,
+        reason: ExitReason,
     ) {
         let Some(inner) = &life.0 else {
             return;
@@ -383,22 +415,21 @@ impl Telemetry {
             if let Some(signal) = signal {
                 span.set_attribute("cluster_init.exit.signal", signal.to_string());
             }
-            let stop_signal = inner.stop.as_ref().map(|(_, s)| s.as_str());
-            let failure = if killed_after_timeout {
-                Some(("stop_timeout", "killed after the stop timeout".to_string()))
-            } else if let Some(c) = code.filter(|&c| c != 0) {
-                Some(("exit_code", format!("exit code {c}")))
-            } else {
-                signal
-                    .filter(|&s| Some(s) != stop_signal)
-                    .map(|s| ("signal", format!("killed by {s}")))
-            };
-            if let Some((kind, description)) = failure {
-                span.set_attribute("error.type", kind);
+            span.set_attribute("cluster_init.exit.reason", reason.as_str());
+            if reason.is_failure() {
+                span.set_attribute("error.type", reason.as_str());
+                let description = match (code, signal) {
+                    (Some(c), _) => format!("{}: exit code {c}", reason.as_str()),
+                    (None, Some(s)) => format!("{}: {s}", reason.as_str()),
+                    _ => reason.as_str().to_string(),
+                };
                 span.set_status(Status::error(description));
             }
             if let Some((stop, _)) = &inner.stop {
-                stop.set_attribute("cluster_init.stop.killed", killed_after_timeout);
+                stop.set_attribute(
+                    "cluster_init.stop.killed",
+                    reason == ExitReason::KilledAfterTimeout,
+                );
             }
         });
         self.close_life(life);
@@ -453,8 +484,8 @@ impl Telemetry {
         }
     }
 
-    /// The pool changed size: a `pool.scale` span linked to the lives started or stopped.
-    pub fn scale(&mut self, from: u32, to: u32, lives: &[&WorkerLife]) {
+    /// The pool changed size: a `pool.scale` span linked to the lives it stopped.
+    pub fn scale(&mut self, from: u32, to: u32, lives: Vec<LifeLink>) {
         if self.export.is_some() {
             shielded(|| {
                 let span = tracing::span!(
@@ -465,7 +496,7 @@ impl Telemetry {
                     cluster_init.pool.from = i64::from(from),
                     cluster_init.pool.to = i64::from(to)
                 );
-                link_all(&span, lives.iter().filter_map(|l| l.link()));
+                link_all(&span, lives);
                 end(span);
             });
         }
@@ -489,8 +520,8 @@ impl Telemetry {
     /// Ends `cluster_init.shutdown` (linked to the lives that ended since
     /// [`Telemetry::shutdown_begin`]) and flushes everything, waiting at most
     /// `Settings::flush_timeout`. Spans ended after this are not exported.
-    pub fn shutdown(self) {
-        let Some(mut ex) = self.export else {
+    pub fn shutdown(&mut self) {
+        let Some(mut ex) = self.export.take() else {
             return;
         };
         let flushed = catch_unwind(AssertUnwindSafe(|| {
@@ -528,18 +559,26 @@ impl Telemetry {
     }
 }
 
-/// What `build` wants logged once a subscriber is in place.
-enum Notes {
-    Warn(Option<String>),
-    Info(String),
+/// What `build` wants logged once a subscriber is in place: warnings, then a line of info.
+struct Notes {
+    warnings: Vec<String>,
+    info: Option<String>,
 }
 
 impl Notes {
+    fn warn(w: Option<String>) -> Notes {
+        Notes {
+            warnings: w.into_iter().collect(),
+            info: None,
+        }
+    }
+
     fn log(self) {
-        match self {
-            Notes::Warn(Some(w)) => warn!("{w}"),
-            Notes::Warn(None) => {}
-            Notes::Info(i) => info!("{i}"),
+        for w in self.warnings {
+            warn!("{w}");
+        }
+        if let Some(i) = self.info {
+            info!("{i}");
         }
     }
 }
@@ -550,7 +589,7 @@ fn log_layer(settings: &Settings) -> Box<dyn Layer<Registry> + Send + Sync> {
     let not_life = filter_fn(|meta| !(meta.is_span() && meta.target() == LIFE));
     let filter = settings.log_level.and(not_life);
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::sink::MakeEventWriter(crate::sink::stderr()))
         .with_ansi(false)
         .with_target(false);
     match settings.log_format {

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    children, free_port, http_get, lines, py_server, scratch, stat_field, wait_for,
-    zombie_children, Init, Load, Mode,
+    children, cpu_time, free_port, http_get, lines, py_server, scratch, wait_for, zombie_children,
+    Init, Load, Mode,
 };
 
 const BOTH: [Mode; 2] = [Mode::Pid1, Mode::Subreaper];
@@ -24,15 +24,6 @@ fn start(mode: Mode, opts: &[&str], command: &[String]) -> Option<Init> {
     args.extend_from_slice(command);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Init::start(mode, &args, &[])
-}
-
-/// CPU time (user + system) a process has used so far: fields 14 and 15 of /proc/PID/stat.
-fn cpu_time(pid: i32) -> Option<Duration> {
-    let ticks = |n| stat_field(pid, n)?.parse::<u64>().ok();
-    let total = ticks(14)? + ticks(15)?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    Some(Duration::from_millis(total * 1000 / hz.max(1)))
 }
 
 /// A small xorshift generator: the kill schedule varies from run to run, and its seed is in

@@ -5,83 +5,26 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-const CPU_V1: &str = "/sys/fs/cgroup/cpu";
+use common::cgroup::Cgroup;
 
-/// A cgroup made for one scenario, removed children first when the scenario ends, also when it
-/// fails. Only remove it after every process put in it has exited: rmdir fails while any remains.
-struct Cgroup {
-    /// Parent first.
-    dirs: Vec<PathBuf>,
+/// A cgroup of the v1 cpu controller for one scenario, on a host with CPUs to limit.
+fn cpu_cgroup(scenario: &str) -> Option<Cgroup> {
+    if !common::require(affinity() >= 2, "at least 2 CPUs in the affinity mask") {
+        return None;
+    }
+    Cgroup::create("cpu", scenario)
 }
 
-impl Cgroup {
-    /// `None` (after a visible skip) when this host cannot give us one.
-    fn create(scenario: &str) -> Option<Cgroup> {
-        if !common::require(common::is_root(), "root")
-            || !common::require(
-                Path::new(CPU_V1).join("cpu.cfs_quota_us").exists(),
-                "a cgroup v1 cpu controller at /sys/fs/cgroup/cpu",
-            )
-            || !common::require(affinity() >= 2, "at least 2 CPUs in the affinity mask")
-        {
-            return None;
-        }
-        let dir = Path::new(CPU_V1).join(format!(
-            "cluster-init-test-{scenario}-{}",
-            std::process::id()
-        ));
-        let made = std::fs::create_dir(&dir);
-        if !common::require(
-            made.is_ok(),
-            &format!("a writable {CPU_V1} ({:?})", made.err()),
-        ) {
-            return None;
-        }
-        Some(Cgroup { dirs: vec![dir] })
-    }
-
-    fn path(&self) -> &Path {
-        &self.dirs[self.dirs.len() - 1]
-    }
-
-    /// Makes a child of the innermost cgroup; later runs go there.
-    fn child(&mut self, name: &str) {
-        let dir = self.path().join(name);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        self.dirs.push(dir);
-    }
-
-    fn limit(&self, dir: &Path, quota_us: u64, period_us: u64) {
-        for (file, value) in [
-            ("cpu.cfs_period_us", period_us),
-            ("cpu.cfs_quota_us", quota_us),
-        ] {
-            let path = dir.join(file);
-            std::fs::write(&path, value.to_string())
-                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            // A task that has just been reaped can keep the cgroup busy for a moment.
-            let gone = common::wait_for(Duration::from_secs(2), || std::fs::remove_dir(dir).ok());
-            if gone.is_none() {
-                eprintln!(
-                    "could not remove cgroup {}; remove it by hand",
-                    dir.display()
-                );
-            }
-        }
-    }
+/// Sets the CFS bandwidth limit of the cgroup's innermost directory.
+fn limit(cg: &Cgroup, quota_us: u64, period_us: u64) {
+    cg.write("cpu.cfs_period_us", &period_us.to_string());
+    cg.write("cpu.cfs_quota_us", &quota_us.to_string());
 }
 
 fn affinity() -> usize {
@@ -162,10 +105,10 @@ fn workers(v: &Value) -> u64 {
 
 #[test]
 fn quota_of_one_and_a_half_cpus_gives_one_worker_by_default_and_two_with_ceil() {
-    let Some(cg) = Cgroup::create("quota") else {
+    let Some(cg) = cpu_cgroup("quota") else {
         return;
     };
-    cg.limit(cg.path(), 150_000, 100_000);
+    limit(&cg, 150_000, 100_000);
 
     let floor = dry_run_in(cg.path(), &[]);
     assert_eq!(workers(&floor), 1, "{floor}");
@@ -187,10 +130,10 @@ fn quota_of_one_and_a_half_cpus_gives_one_worker_by_default_and_two_with_ceil() 
 
 #[test]
 fn parent_only_limit_caps_an_unlimited_child() {
-    let Some(mut cg) = Cgroup::create("parent") else {
+    let Some(mut cg) = cpu_cgroup("parent") else {
         return;
     };
-    cg.limit(cg.path(), 100_000, 100_000);
+    limit(&cg, 100_000, 100_000);
     let parent_file = cg.path().join("cpu.cfs_quota_us");
     cg.child("child");
 

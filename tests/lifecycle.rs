@@ -6,72 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{free_port, http_get, py_server, wait_for, Init, Load, Mode};
+use common::{free_port, http_get, wait_for, Init, Load, Mode, Pool};
 
 const LONG: Duration = Duration::from_secs(20);
 
-struct Pool {
-    init: Init,
-    addr: String,
-    admin: String,
-}
-
 fn pool(opts: &[&str], env: &[(&str, &str)]) -> Pool {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        addr.clone(),
-        "--admin-listen".into(),
-        admin.clone(),
-    ];
-    args.extend(opts.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.extend(py_server());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let init = Init::start(Mode::Subreaper, &args, env).expect("subreaper mode needs nothing");
-    Pool { init, addr, admin }
-}
-
-impl Pool {
-    fn get(&self, path: &str) -> (u16, String) {
-        wait_for(Duration::from_secs(5), || {
-            http_get(&self.admin, path, Duration::from_secs(2)).ok()
-        })
-        .unwrap_or_else(|| panic!("admin {path} unreachable; log:\n{}", self.init.log()))
-    }
-
-    fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/status").1).expect("/status is JSON")
-    }
-
-    /// (pid, generation) of workers in a state.
-    fn workers_in(&self, state: &str) -> Vec<(i64, i64)> {
-        self.status()["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["state"] == state)
-            .map(|w| {
-                (
-                    w["pid"].as_i64().unwrap_or(0),
-                    w["generation"].as_i64().unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    fn wait_status(
-        &self,
-        what: &str,
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        wait_for(LONG, || {
-            let s = self.status();
-            ok(&s).then_some(s)
-        })
-        .unwrap_or_else(|| panic!("never {what}: {}; log:\n{}", self.status(), self.init.log()))
-    }
+    Pool::start(opts, env)
 }
 
 #[test]
@@ -121,7 +61,7 @@ fn a_worker_that_never_gets_ready_is_restarted_with_backoff() {
     });
     assert_eq!(p.get("/readyz").0, 503, "{s}");
     assert!(
-        p.init.log().matches("not ready after").count() >= 2,
+        p.init.log().matches("not ready in time").count() >= 2,
         "log:\n{}",
         p.init.log()
     );
@@ -472,7 +412,7 @@ fn scaling_down_then_up_never_runs_two_workers_on_one_slot() {
         ],
     );
     wait_for(LONG, || {
-        p.init.log().contains("not ready after").then_some(())
+        p.init.log().contains("not ready in time").then_some(())
     })
     .expect("a failed start");
     p.init.signal(libc::SIGTTOU);
@@ -561,7 +501,8 @@ fn an_exec_failure_is_reported_even_when_the_error_pipe_lands_among_the_listener
 fn ready_1_from_a_workers_descendant_counts_for_that_worker() {
     // The worker is a shell; its child (like a gunicorn master's worker) sends READY=1.
     let admin = format!("127.0.0.1:{}", free_port());
-    let notify = "import os, socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])";
+    // NOTIFY_SOCKET is an abstract name (`@...`), as sd_notify(3) allows: no file anywhere.
+    let notify = "import os, socket; a = os.environ['NOTIFY_SOCKET']; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', chr(0) + a[1:] if a[0] == '@' else a)";
     let script = format!("python3 -c \"{notify}\"; exec sleep 1000");
     let mut init = Init::start(
         Mode::Subreaper,

@@ -17,6 +17,7 @@ use cluster_init::cli::{parse_duration, parse_size, ReadyMode, Sig, WorkerSpec};
 use cluster_init::cpu::{self, Bound, CpuBudget, Rounding};
 use cluster_init::listen::{parse_list, Address, Host, ListenSpec};
 use cluster_init::notify::{self, Notice};
+use cluster_init::pool::MAX_WORKERS;
 use proptest::prelude::*;
 
 /// A moderate case count: the whole file runs in a few seconds.
@@ -58,7 +59,7 @@ proptest! {
     }
 
     #[test]
-    fn worker_counts_and_max_minus_k_parse_to_themselves(n in 1u32.., k in any::<u32>()) {
+    fn worker_counts_and_max_minus_k_parse_to_themselves(n in 1u32..=MAX_WORKERS, k in any::<u32>()) {
         prop_assert_eq!(n.to_string().parse(), Ok(WorkerSpec::Count(n)));
         prop_assert_eq!(format!(" {n} ").parse(), Ok(WorkerSpec::Count(n)));
         prop_assert_eq!(format!("max-{k}").parse(), Ok(WorkerSpec::Max { minus: k }));
@@ -74,8 +75,10 @@ proptest! {
         n in any::<u32>(),
         frac in 1u32..1000,
         big in (u64::from(u32::MAX) + 1)..,
+        over in (MAX_WORKERS + 1)..,
     ) {
         for bad in [
+            format!("{over}"),
             "0".to_string(),
             "0".repeat(1 + n as usize % 5),
             format!("-{n}"),
@@ -214,7 +217,7 @@ proptest! {
     #[test]
     fn signals_never_panic_and_stay_deliverable(s in signal_like()) {
         if let Ok(Sig(n)) = s.parse::<Sig>() {
-            let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
+            let realtime = (cluster_init::signals::SIGRTMIN..=cluster_init::signals::SIGRTMAX).contains(&n);
             prop_assert!((1..32).contains(&n) || realtime, "{:?} gave signal {}", s, n);
             prop_assert!(n != libc::SIGSTOP, "{:?} gave SIGSTOP", s);
             // A real-time name names a real-time signal, never a standard one.
@@ -227,7 +230,7 @@ proptest! {
 
     #[test]
     fn every_deliverable_signal_parses_by_number_and_by_name(
-        n in prop_oneof![1i32..32, libc::SIGRTMIN()..=libc::SIGRTMAX()],
+        n in prop_oneof![1i32..32, cluster_init::signals::SIGRTMIN..=cluster_init::signals::SIGRTMAX],
     ) {
         prop_assume!(n != libc::SIGSTOP);
         let name = Sig(n).name();
@@ -235,15 +238,15 @@ proptest! {
         prop_assert_eq!(name.parse(), Ok(Sig(n)), "{}", name);
         prop_assert_eq!(name.to_ascii_lowercase().parse(), Ok(Sig(n)), "{}", name);
         prop_assert_eq!(name.trim_start_matches("SIG").parse(), Ok(Sig(n)), "{}", name);
-        if n >= libc::SIGRTMIN() {
-            let back = libc::SIGRTMAX() - n;
+        if n >= cluster_init::signals::SIGRTMIN {
+            let back = cluster_init::signals::SIGRTMAX - n;
             prop_assert_eq!(format!("SIGRTMAX-{back}").parse(), Ok(Sig(n)));
         }
     }
 
     #[test]
     fn numbers_outside_the_signal_ranges_are_refused(n in any::<i32>()) {
-        let deliverable = (1..32).contains(&n) || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
+        let deliverable = (1..32).contains(&n) || (cluster_init::signals::SIGRTMIN..=cluster_init::signals::SIGRTMAX).contains(&n);
         prop_assume!(!deliverable || n == libc::SIGSTOP);
         prop_assert!(n.to_string().parse::<Sig>().is_err(), "{} accepted", n);
     }

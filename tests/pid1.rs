@@ -60,7 +60,7 @@ fn sigterm_reaches_every_worker_and_its_children() {
         let out = dir.path().display();
         // The worker's own child traps TERM too: it only hears it if the whole group is signalled.
         let script = format!(
-            "sh -c 'trap \"echo child-$CLUSTER_WORKER_ID >> {out}/got; exit 0\" TERM; while :; do sleep 0.05; done' &
+            "sh -c 'trap \"echo child-$CLUSTER_WORKER_ID >> {out}/got; exit 0\" TERM; echo up >> {out}/up; while :; do sleep 0.05; done' &
              trap 'echo worker-$CLUSTER_WORKER_ID >> {out}/got; wait; exit 0' TERM
              echo up >> {out}/up
              while :; do sleep 0.05; done"
@@ -68,8 +68,9 @@ fn sigterm_reaches_every_worker_and_its_children() {
         let Some(mut init) = start(mode, &["-w", "2"], &script) else {
             return;
         };
+        // Workers and their children all have their traps in place.
         wait_for(LONG, || {
-            (lines(&dir.path().join("up")).len() == 2).then_some(())
+            (lines(&dir.path().join("up")).len() == 4).then_some(())
         })
         .expect("workers up");
         init.signal(libc::SIGTERM);
@@ -465,9 +466,10 @@ fn commands_that_cannot_run_are_reported_not_crash_looped() {
             let code = init.wait(LONG);
             let log = init.log();
             assert_eq!(code, Some(want), "{cmd} in {mode:?}; log:\n{log}");
-            let line = format!("cluster-init: cannot run {cmd}: {reason}");
+            let line = format!("cannot run {cmd}: {reason}");
             assert!(
-                log.lines().any(|l| l == line),
+                log.lines()
+                    .any(|l| l.contains("ERROR") && l.contains(&line)),
                 "{mode:?}: missing `{line}`; log:\n{log}"
             );
             assert_eq!(

@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use cluster_init::pool::ExitReason;
 use cluster_init::telemetry::{LogFormat, Settings, Telemetry};
 use common::otlp::{Mode, Receiver, Span, StatusCode, Value};
 use tracing::level_filters::LevelFilter;
@@ -57,11 +58,11 @@ fn a_crashed_life_and_its_successor_become_linked_traces() {
     let mut first = t.worker_spawned(0, 1, 4242, "server", &args(), None);
     t.worker_exec_ok(&mut first, 4242, false);
     let traceparent = Telemetry::traceparent(&first).expect("a traceparent");
-    t.started(&[&first]);
+    t.started(first.link().into_iter().collect());
     first.in_scope(|| tracing::warn!(cluster_init.worker.slot = 0, "worker wrote to stderr"));
     t.worker_signal(&first, "SIGHUP");
     let first_link = first.link().unwrap();
-    t.worker_exited(first, Some(3), None, false);
+    t.worker_exited(first, Some(3), None, ExitReason::ExitNonzero);
     t.backoff(0, Some(&first_link), Duration::from_millis(250));
 
     let mut second = t.worker_spawned(0, 2, 0, "server", &args(), Some(&first_link));
@@ -70,7 +71,7 @@ fn a_crashed_life_and_its_successor_become_linked_traces() {
     t.worker_ready(&mut second);
     t.shutdown_begin("SIGTERM");
     t.worker_stopping(&mut second, "SIGTERM", Duration::from_secs(10));
-    t.worker_exited(second, None, Some("SIGTERM"), false);
+    t.worker_exited(second, None, Some("SIGTERM"), ExitReason::Stopped);
     t.shutdown();
 
     // shutdown() flushed: everything is there already.
@@ -119,7 +120,14 @@ fn a_crashed_life_and_its_successor_become_linked_traces() {
         Some(&Value::Str("server".into()))
     );
     assert_eq!(w1.attr("process.exit.code"), Some(&Value::Int(3)));
-    assert_eq!(w1.attr("error.type"), Some(&Value::Str("exit_code".into())));
+    assert_eq!(
+        w1.attr("error.type"),
+        Some(&Value::Str("exit_nonzero".into()))
+    );
+    assert_eq!(
+        w1.attr("cluster_init.exit.reason"),
+        Some(&Value::Str("exit_nonzero".into()))
+    );
     assert_eq!(w1.status, StatusCode::Error);
     assert_eq!(traceparent, format!("00-{}-{}-01", w1.trace_id, w1.span_id));
     let events: Vec<&str> = w1.events.iter().map(|e| e.name.as_str()).collect();
@@ -220,7 +228,7 @@ fn a_long_life_ends_when_reaped_not_when_last_logged_in() {
     t.worker_exec_ok(&mut life, 99, false);
     life.in_scope(|| tracing::info!("early line"));
     std::thread::sleep(Duration::from_millis(300));
-    t.worker_exited(life, None, Some("SIGKILL"), true);
+    t.worker_exited(life, None, Some("SIGKILL"), ExitReason::KilledAfterTimeout);
     t.shutdown();
     let w = rx.span("worker").expect("worker span");
     assert!(
@@ -230,7 +238,7 @@ fn a_long_life_ends_when_reaped_not_when_last_logged_in() {
     );
     assert_eq!(
         w.attr("error.type"),
-        Some(&Value::Str("stop_timeout".into()))
+        Some(&Value::Str("killed_after_timeout".into()))
     );
     assert_eq!(w.status, StatusCode::Error);
 }
@@ -251,9 +259,14 @@ fn command_args_are_exported_only_when_asked() {
     .unwrap();
     let _guard = tracing::dispatcher::set_default(&dispatch);
     let life = t.worker_spawned(0, 1, 10, "server", &args(), None);
-    t.worker_exited(life, Some(0), None, false);
+    t.worker_exited(life, Some(0), None, ExitReason::Recycled);
     let doomed = t.worker_spawned(1, 1, 0, "server", &args(), None);
-    t.worker_exec_failed(doomed, 126, "exec: permission denied");
+    t.worker_exec_failed(
+        doomed,
+        ExitReason::ExecFailed,
+        126,
+        "exec: permission denied",
+    );
     t.shutdown();
     let spans = rx.spans();
     let ok = spans
@@ -305,7 +318,7 @@ fn supervisor_is_never_held_up_by(mode: Mode) -> Receiver {
         t.worker_exec_ok(&mut life, 99, false);
         t.worker_signal(&life, "SIGHUP");
         previous = life.link();
-        t.worker_exited(life, Some(1), None, false);
+        t.worker_exited(life, Some(1), None, ExitReason::ExitNonzero);
         t.backoff(0, previous.as_ref(), Duration::from_millis(100));
         slowest = slowest.max(t0.elapsed());
         std::thread::sleep(Duration::from_millis(2));
@@ -350,7 +363,7 @@ fn without_an_endpoint_everything_is_a_cheap_no_op() {
     assert!(Telemetry::traceparent(&life).is_none());
     assert!(life.link().is_none());
     t.worker_exec_ok(&mut life, 99, false);
-    t.worker_exited(life, Some(1), None, false);
+    t.worker_exited(life, Some(1), None, ExitReason::ExitNonzero);
     let t0 = Instant::now();
     t.shutdown();
     assert!(t0.elapsed() < Duration::from_millis(10));

@@ -14,7 +14,7 @@ pub enum Plan {
     /// No export. The string, when present, is a warning to log (the user asked for traces
     /// but gets none).
     Off(Option<String>),
-    Export(Export),
+    Export(Box<Export>),
 }
 
 #[derive(Debug, PartialEq)]
@@ -32,6 +32,8 @@ pub struct Export {
     pub schedule_delay: Duration,
     pub max_queue_size: usize,
     pub max_export_batch_size: usize,
+    /// Values that were out of bounds and were capped, one line each, for the start log.
+    pub warnings: Vec<String>,
 }
 
 /// The service name when neither `OTEL_SERVICE_NAME` nor `service.name` in
@@ -44,6 +46,10 @@ const BSP_SCHEDULE_DELAY_DEFAULT: Duration = Duration::from_secs(5);
 const BSP_MAX_QUEUE_DEFAULT: usize = 2048;
 const BSP_MAX_BATCH_DEFAULT: usize = 512;
 const BSP_EXPORT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Spans held while the collector is slow: a queued span costs about a kilobyte of PID 1's memory.
+const BSP_MAX_QUEUE_CAP: u64 = 16_384;
+/// Longer waits would only hold spans (and the final flush is bounded anyway).
+const MILLIS_CAP: u64 = 60_000;
 
 /// Reads the plan. `Err` is one line naming the variable, for configuration the user must fix.
 pub fn plan(env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, String> {
@@ -136,17 +142,26 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, String> {
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         ],
     );
-    let otlp_timeout = millis(name, timeout)?.unwrap_or(OTLP_TIMEOUT_DEFAULT);
-    let bsp_timeout = millis("OTEL_BSP_EXPORT_TIMEOUT", var("OTEL_BSP_EXPORT_TIMEOUT"))?
+    let mut warnings = Vec::new();
+    let w = &mut warnings;
+    let otlp_timeout = millis(name, timeout, w)?.unwrap_or(OTLP_TIMEOUT_DEFAULT);
+    let bsp_timeout = millis("OTEL_BSP_EXPORT_TIMEOUT", var("OTEL_BSP_EXPORT_TIMEOUT"), w)?
         .unwrap_or(BSP_EXPORT_TIMEOUT_DEFAULT);
-    let schedule_delay = millis("OTEL_BSP_SCHEDULE_DELAY", var("OTEL_BSP_SCHEDULE_DELAY"))?
+    let schedule_delay = millis("OTEL_BSP_SCHEDULE_DELAY", var("OTEL_BSP_SCHEDULE_DELAY"), w)?
         .unwrap_or(BSP_SCHEDULE_DELAY_DEFAULT);
-    let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", var("OTEL_BSP_MAX_QUEUE_SIZE"))?
-        .unwrap_or(BSP_MAX_QUEUE_DEFAULT);
+    let max_queue_size = count(
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        var("OTEL_BSP_MAX_QUEUE_SIZE"),
+        BSP_MAX_QUEUE_CAP,
+        w,
+    )?
+    .unwrap_or(BSP_MAX_QUEUE_DEFAULT);
     // A batch larger than the queue could never fill: the specification clamps it.
     let max_export_batch_size = count(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
         var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+        BSP_MAX_QUEUE_CAP,
+        w,
     )?
     .unwrap_or(BSP_MAX_BATCH_DEFAULT)
     .min(max_queue_size);
@@ -164,7 +179,7 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, String> {
         .or(from_resource)
         .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
 
-    Ok(Plan::Export(Export {
+    Ok(Plan::Export(Box::new(Export {
         endpoint,
         target,
         headers,
@@ -175,7 +190,8 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, String> {
         schedule_delay: nonzero_or(schedule_delay, BSP_SCHEDULE_DELAY_DEFAULT),
         max_queue_size,
         max_export_batch_size,
-    }))
+        warnings,
+    })))
 }
 
 fn first_of(
@@ -198,21 +214,49 @@ fn nonzero_or(d: Duration, default: Duration) -> Duration {
     }
 }
 
-fn millis(name: &str, value: Option<String>) -> Result<Option<Duration>, String> {
+/// A whole number at least 1: plain digits, or a float form of one (`1e12`), which huge
+/// values are often written as.
+fn whole(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(n);
+    }
+    let f: f64 = v.parse().ok()?;
+    (f.is_finite() && f >= 1.0 && f.fract() == 0.0).then(|| f.min(u64::MAX as f64) as u64)
+}
+
+/// `value` capped at `cap`, with a warning when it was above.
+fn capped(name: &str, v: &str, n: u64, cap: u64, warnings: &mut Vec<String>) -> u64 {
+    if n > cap {
+        warnings.push(format!("{name}={v} is more than {cap}: using {cap}"));
+    }
+    n.min(cap)
+}
+
+fn millis(
+    name: &str,
+    value: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Duration>, String> {
     value
-        .map(|v| {
-            v.trim()
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| format!("{name}={v}: expected milliseconds, like 10000"))
+        .map(|v| match whole(&v).or((v.trim() == "0").then_some(0)) {
+            Some(n) => Ok(Duration::from_millis(capped(
+                name, &v, n, MILLIS_CAP, warnings,
+            ))),
+            None => Err(format!("{name}={v}: expected milliseconds, like 10000")),
         })
         .transpose()
 }
 
-fn count(name: &str, value: Option<String>) -> Result<Option<usize>, String> {
+fn count(
+    name: &str,
+    value: Option<String>,
+    cap: u64,
+    warnings: &mut Vec<String>,
+) -> Result<Option<usize>, String> {
     value
-        .map(|v| match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
+        .map(|v| match whole(&v) {
+            Some(n) if n > 0 => Ok(capped(name, &v, n, cap, warnings) as usize),
             _ => Err(format!("{name}={v}: expected a positive number")),
         })
         .transpose()
@@ -268,7 +312,7 @@ mod tests {
 
     fn export_of(vars: &[(&str, &str)]) -> Export {
         match plan_of(vars) {
-            Ok(Plan::Export(e)) => e,
+            Ok(Plan::Export(e)) => *e,
             other => panic!("expected an export plan, got {other:?}"),
         }
     }
@@ -431,6 +475,23 @@ mod tests {
             let err = plan_of(&[BASE, (k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");
         }
+    }
+
+    #[test]
+    fn huge_batch_values_are_capped_with_a_warning() {
+        for v in ["1000000000000", "1e12", "18446744073709551616"] {
+            let e = export_of(&[BASE, ("OTEL_BSP_MAX_QUEUE_SIZE", v)]);
+            assert_eq!(e.max_queue_size, 16_384, "{v}");
+            assert!(
+                e.warnings[0].starts_with("OTEL_BSP_MAX_QUEUE_SIZE="),
+                "{:?}",
+                e.warnings
+            );
+        }
+        let e = export_of(&[BASE, ("OTEL_BSP_SCHEDULE_DELAY", "1e12")]);
+        assert_eq!(e.schedule_delay, Duration::from_secs(60));
+        assert_eq!(e.warnings.len(), 1);
+        assert!(export_of(&[BASE]).warnings.is_empty());
     }
 
     #[test]

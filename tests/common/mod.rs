@@ -1,13 +1,21 @@
 //! Shared helpers for the integration tests: the binary under test, visible skips, bounded waits.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod otlp;
 
 use std::time::{Duration, Instant};
 
-/// Path of the binary under test.
+/// Path of the binary under test: `CLUSTER_INIT_TEST_BIN` when set (the musl release build,
+/// or an older build to show a test fails there), else the debug build cargo made.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cluster-init")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CLUSTER_INIT_TEST_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cluster-init").to_string())
+    })
 }
 
 /// Whether skips must fail (set by `.ci/run`).
@@ -77,6 +85,17 @@ impl Init {
     /// Starts `cluster-init ARGS` in `mode` with extra env vars. Returns None (after a visible
     /// skip) when the mode is not possible here.
     pub fn start(mode: Mode, args: &[&str], env: &[(&str, &str)]) -> Option<Init> {
+        Init::start_with(mode, args, env, |_| {})
+    }
+
+    /// Like [`Init::start`], with `tweak` applied to the command last (a `pre_exec` that joins a
+    /// cgroup or sets a limit, another stderr).
+    pub fn start_with(
+        mode: Mode,
+        args: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Option<Init> {
         use std::io::Read;
         let mut cmd = match mode {
             Mode::Pid1 => {
@@ -96,26 +115,28 @@ impl Init {
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        tweak(&mut cmd);
         let mut child = cmd.spawn().expect("spawn cluster-init");
-        let mut stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
+        let reader = child.stderr.take().map(|mut stderr| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
+            })
         });
         let init = Init {
             child,
             mode,
             log,
-            reader: Some(reader),
+            reader,
         };
         // In a namespace, the init is unshare's child; wait until it exists.
         if mode == Mode::Pid1 {
@@ -230,6 +251,15 @@ pub fn stat_field(pid: i32, n: usize) -> Option<String> {
     rest.split_whitespace()
         .nth(n.checked_sub(3)?)
         .map(str::to_string)
+}
+
+/// CPU time (user + system) a process has used so far: fields 14 and 15 of /proc/PID/stat.
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let ticks = |n| stat_field(pid, n)?.parse::<u64>().ok();
+    let total = ticks(14)? + ticks(15)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Some(Duration::from_millis(total * 1000 / hz.max(1)))
 }
 
 /// Children of `pid` that are zombies.
@@ -459,4 +489,95 @@ pub fn requirements(text: &str) -> Vec<&str> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
+}
+
+/// A pool of the test server (tests/fixtures/server.py) on a free port, with the admin
+/// endpoint on another, run as a subreaper.
+pub struct Pool {
+    pub init: Init,
+    pub addr: String,
+    pub admin: String,
+}
+
+impl Pool {
+    /// `cluster-init --listen ADDR --admin-listen ADMIN OPTS -- python3 server.py`.
+    pub fn start(opts: &[&str], env: &[(&str, &str)]) -> Pool {
+        Pool::start_with(opts, env, |_| {})
+    }
+
+    /// The same, with `tweak` applied to the command (see [`Init::start_with`]).
+    pub fn start_with(
+        opts: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Pool {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            addr.clone(),
+            "--admin-listen".into(),
+            admin.clone(),
+        ];
+        args.extend(opts.iter().map(|s| s.to_string()));
+        args.push("--".into());
+        args.extend(py_server());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let init = Init::start_with(Mode::Subreaper, &args, env, tweak)
+            .expect("subreaper mode needs nothing");
+        Pool { init, addr, admin }
+    }
+
+    /// An admin path's answer, retried for up to 5 s while the endpoint comes up.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        wait_for(Duration::from_secs(5), || {
+            http_get(&self.admin, path, Duration::from_secs(2)).ok()
+        })
+        .unwrap_or_else(|| panic!("admin {path} unreachable; log:\n{}", self.init.log()))
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status").1).expect("/status is JSON")
+    }
+
+    /// (pid, generation) of workers in a state.
+    pub fn workers_in(&self, state: &str) -> Vec<(i64, i64)> {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == state)
+            .map(|w| {
+                (
+                    w["pid"].as_i64().unwrap_or(0),
+                    w["generation"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits up to 20 s for `/status` to satisfy `ok`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(Duration::from_secs(20), || {
+            let s = self.status();
+            ok(&s).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("never {what}: {}; log:\n{}", self.status(), self.init.log()))
+    }
+
+    /// The value of the `/metrics` sample `name{labels}`, e.g. `cluster_init_restarts_total`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let body = self.get("/metrics").1;
+        body.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
 }
