@@ -1,9 +1,10 @@
-//! The Helm chart's scenarios (tests/chart/test_chart.py), run offline by `cargo test`.
+//! The Helm chart's scenarios (tests/chart/test_chart.py), the Dockerfiles' checks
+//! (test_dockerfiles.py) and the examples run as their images would (test_examples.py), offline.
 //!
 //! The chart is rendered, linted and validated by Python packages that bundle Helm's Go SDK and
 //! the Kubernetes schemas, so no helm binary and no cluster are needed. This test keeps a
-//! virtualenv with tests/chart/requirements.txt under `target/chart-venv` (`common::venv`), then
-//! runs pytest on the suite, its output streamed.
+//! virtualenv with tests/chart/requirements.txt and examples/gunicorn/requirements.txt under
+//! `target/chart-venv` (`common::venv`), then runs pytest on the suite, its output streamed.
 
 mod common;
 
@@ -21,7 +22,12 @@ fn repo_root() -> &'static Path {
 fn helm_chart_renders_validates_and_maps_values_to_cluster_init_env() {
     let requirements = std::fs::read_to_string(repo_root().join("tests/chart/requirements.txt"))
         .expect("read tests/chart/requirements.txt");
-    let Some(venv) = common::venv("chart", &common::requirements(&requirements)) else {
+    // The gunicorn example's own pin: tests/chart/test_examples.py runs it as its image would.
+    let gunicorn = std::fs::read_to_string(repo_root().join("examples/gunicorn/requirements.txt"))
+        .expect("read examples/gunicorn/requirements.txt");
+    let mut pins = common::requirements(&requirements);
+    pins.extend(common::requirements(&gunicorn));
+    let Some(venv) = common::venv("chart", &pins) else {
         return;
     };
     let mut pytest = Command::new(venv.join("bin/python"));
