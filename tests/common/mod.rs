@@ -1,13 +1,21 @@
 //! Shared helpers for the integration tests: the binary under test, visible skips, bounded waits.
 #![allow(dead_code)]
 
+pub mod artifacts;
 pub mod otlp;
 
 use std::time::{Duration, Instant};
 
-/// Path of the binary under test.
+/// Path of the binary under test: `CLUSTER_INIT_TEST_BIN` (e.g. the musl release build, as
+/// `tests/run` sets it for its second pass), else the debug build cargo made for these tests.
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cluster-init")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CLUSTER_INIT_TEST_BIN")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cluster-init").to_string())
+    })
 }
 
 /// Whether skips must fail (set by `.ci/run`).
@@ -25,6 +33,7 @@ pub fn require(ok: bool, what: &str) -> bool {
         panic!("CLUSTER_INIT_STRICT_TESTS=1 but this test needs {what}");
     }
     eprintln!("SKIPPED: this test needs {what}");
+    artifacts::record_skip(what);
     false
 }
 
