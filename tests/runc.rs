@@ -16,11 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{children, wait_for, zombie_children};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
-/// The uid:gid of the Dockerfile's `USER 65532:65532`.
-const NONROOT: u32 = 65532;
 
 fn runc_available() -> bool {
     Command::new("runc")
@@ -79,34 +77,21 @@ impl Container {
             std::fs::copy(from, rootfs.join(to)).expect("copy into the rootfs");
         }
         let bundle = dir.path().join("bundle");
-        let made = Command::new("runc")
-            .arg("spec")
-            .arg("--bundle")
-            .arg(&bundle)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(made, "runc spec failed");
-        let config = bundle.join("config.json");
-        let mut spec: Value =
-            serde_json::from_slice(&std::fs::read(&config).expect("config.json")).expect("JSON");
         let mut argv = vec!["/cluster-init".to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
-        let mut env = vec!["PATH=/".to_string()];
-        env.extend(opts.env.iter().map(|(k, v)| format!("{k}={v}")));
-        spec["process"]["args"] = json!(argv);
-        spec["process"]["env"] = json!(env);
-        spec["process"]["terminal"] = json!(false);
-        spec["process"]["user"] = json!({"uid": NONROOT, "gid": NONROOT});
-        spec["root"]["readonly"] = json!(true);
-        if let Some((quota, period)) = opts.cpu {
-            spec["linux"]["resources"]["cpu"] = json!({"quota": quota, "period": period});
-        }
-        if opts.host_network {
-            let ns = spec["linux"]["namespaces"]
-                .as_array_mut()
-                .expect("namespaces");
-            ns.retain(|n| n["type"] != "network");
-        }
+        let spec = common::oci::spec(&common::oci::Bundle {
+            args: argv,
+            env: opts
+                .env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            cpu: opts.cpu,
+            host_network: opts.host_network,
+            ..Default::default()
+        })
+        .expect("the bundle's spec");
+        let config = bundle.join("config.json");
         std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).expect("config.json");
 
         let mut run = Command::new("runc")

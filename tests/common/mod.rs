@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod artifacts;
+pub mod oci;
 pub mod otlp;
 
 use std::time::{Duration, Instant};

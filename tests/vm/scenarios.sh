@@ -146,7 +146,8 @@ s_oom_group() {
     result oom_group warn_line=${line:-none}
 }
 
-# pids.max leaves room for cluster-init and 2 of its 4 workers; then it is raised.
+# pids.max 3 leaves room for cluster-init (one task per thread) and 2 of its 4 workers; then it
+# is raised.
 s_pids_max() {
     mkdir $CG/pids
     echo 3 > $CG/pids/pids.max
@@ -157,13 +158,15 @@ s_pids_max() {
     sleep 1
     failed=$(grep -c spawn_failed /tmp/pids.log)
     at_limit=$($T workers $p)
+    # Threads count against pids.max too: what is left of the 3 is the room for workers.
+    threads=$(sed -n 's/^Threads:[[:space:]]*//p' /proc/$p/status)
     running $p && alive=yes || alive=no
     refused=$(grep max $CG/pids/pids.events | cut -d' ' -f2)
     echo max > $CG/pids/pids.max
     after=$($T waitworkers $p 4 15000)
     stop $p
     dump pids_max /tmp/pids.log
-    result pids_max workers_at_limit=$at_limit forks_refused=$refused spawn_failed_lines=$failed init_alive=$alive workers_after_raise=${after% *} recovery_ms=${after#* } exit_code=$code
+    result pids_max pids_max=3 init_threads=$threads workers_at_limit=$at_limit forks_refused=$refused spawn_failed_lines=$failed init_alive=$alive workers_after_raise=${after% *} recovery_ms=${after#* } exit_code=$code
     result pids_max spawn_failed_line=$line
 }
 
@@ -201,10 +204,66 @@ s_live_memory() {
     result live_memory plan=$(cat /tmp/lm.plan)
 }
 
+# The runc tier on cgroup v2: a scratch-like bundle (/runc/config.json, made by tests/vm.rs from
+# runc's default spec: read-only root, uid 65532, 1.5 CPUs, its own cgroup namespace as containerd
+# gives on cgroup v2) running cluster-init --ready notify with the fixture server.
+s_runc_v2() {
+    if [ ! -x /bin/runc ]; then
+        result runc_v2 skipped=no_runc_in_the_initramfs
+        return
+    fi
+    mkdir -p /run /tmp/bundle/rootfs
+    mount -t tmpfs tmpfs /run
+    cp /bin/cluster-init /bin/citest /tmp/bundle/rootfs/
+    cp /runc/config.json /tmp/bundle/config.json
+    # --no-pivot: the VM's root is the initramfs, which pivot_root refuses.
+    runc run --no-pivot --bundle /tmp/bundle ci > /tmp/runc.out 2> /tmp/runc.log &
+    rp=$!
+    cpid= answer=
+    i=0
+    while [ -z "$cpid" ] && [ $i -lt 300 ] && running $rp; do
+        st=$(runc state ci 2>/dev/null)
+        echo "$st" | grep -qF '"status": "running"' && cpid=$(echo "$st" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+        [ -z "$cpid" ] && sleep 0.1
+        i=$((i + 1))
+    done
+    ran=no w=none cpu_max=none
+    if [ -n "$cpid" ]; then
+        ran=yes
+        cpu_max=$(tr ' ' _ < $CG/runc-ci/cpu.max)
+        w=$($T waitworkers "$cpid" 1 15000)
+    fi
+    ready=no
+    i=0
+    while [ -n "$cpid" ] && [ $i -lt 150 ] && running $rp; do
+        if nsenter -t "$cpid" -n wget -q -O /dev/null http://127.0.0.1:9090/readyz 2>/dev/null; then
+            ready=yes
+            break
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    [ -n "$cpid" ] && answer=$(nsenter -t "$cpid" -n wget -q -O- http://127.0.0.1:8080/ 2>/dev/null | tr ' ' ,)
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    runc kill ci TERM 2>>/tmp/runc.log
+    i=0
+    while running $rp && [ $i -lt 200 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    running $rp && runc kill ci KILL
+    wait $rp
+    code=$?
+    stop_s=$(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $t0 }")
+    runc delete --force ci 2>/dev/null
+    dump runc_v2 /tmp/runc.log
+    result runc_v2 ran=$ran cgroup_cpu_max=$cpu_max workers=${w% *} ready=$ready answer=${answer:-none} exit_code=$code stop_seconds=$stop_s
+}
+
 echo "+cpu +cpuset +memory +pids" > $CG/cgroup.subtree_control
 result boot cpus=$(nproc) kernel=$(uname -r) controllers=$(tr ' ' , < $CG/cgroup.subtree_control)
 
-for s in nested_cpu_max cpuset cgroup_ns oom oom_group pids_max live_cpu live_memory; do
+for s in nested_cpu_max cpuset cgroup_ns oom oom_group pids_max live_cpu live_memory runc_v2; do
     if [ -n "$CITEST_ONLY" ] && ! echo ",$CITEST_ONLY," | grep -qF ",$s,"; then
         continue
     fi
