@@ -328,12 +328,10 @@ fn output_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
     }
 }
 
-fn citest_env_listen() -> [&'static str; 4] {
-    ["--listen", "127.0.0.1:8080", "--log-format", "json"]
-}
-
+/// `--listen 127.0.0.1:8080 --log-format json EXTRA -- /citest serve`: the fixture server on
+/// the container's own loopback (its network namespace is its own).
 fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args: Vec<&str> = citest_env_listen().to_vec();
+    let mut args = vec!["--listen", "127.0.0.1:8080", "--log-format", "json"];
     args.extend_from_slice(extra);
     args.extend(["--", "/citest", "serve"]);
     args

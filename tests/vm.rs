@@ -396,6 +396,16 @@ fn run_qemu(
         .arg(format!("file:{}", results.display()));
     let log = std::fs::File::create(&qemu_log).expect("qemu log");
     cmd.stdout(log.try_clone().expect("dup")).stderr(log);
+    // No VM outlives a test run that is killed: qemu dies with the thread waiting for it.
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
     let status = common::run_bounded(cmd, name, limit);
     let elapsed = start.elapsed();
