@@ -808,7 +808,8 @@ fn the_live_budget_follows_memory_max_with_worker_memory() {
 }
 
 #[test]
-fn under_runc_on_cgroup_v2_a_1_5_cpu_quota_gives_one_worker_and_notify_works_on_a_read_only_root() {
+fn under_runc_on_cgroup_v2_the_quota_sizes_the_pool_notify_works_read_only_and_workers_are_restarted(
+) {
     let Some(vm) = scenarios_vm() else {
         return;
     };
@@ -835,6 +836,14 @@ fn under_runc_on_cgroup_v2_a_1_5_cpu_quota_gives_one_worker_and_notify_works_on_
     s.check(
         s.get("answer").contains("count=1"),
         "the worker should answer and know the pool has 1 worker",
+    );
+    s.check(
+        s.get("restarted") == "yes",
+        "a worker SIGKILLed from outside should be replaced",
+    );
+    s.check(
+        s.get("rt") == "34:1,36:2,",
+        "runc kill 36, 36, 34 should reach the worker as 36 twice and 34 once",
     );
     s.check(
         s.get("exit_code") == "0",

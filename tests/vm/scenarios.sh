@@ -206,7 +206,8 @@ s_live_memory() {
 
 # The runc tier on cgroup v2: a scratch-like bundle (/runc/config.json, made by tests/vm.rs from
 # runc's default spec: read-only root, uid 65532, 1.5 CPUs, its own cgroup namespace as containerd
-# gives on cgroup v2) running cluster-init --ready notify with the fixture server.
+# gives on cgroup v2) running cluster-init --ready notify with the fixture server; then a worker
+# SIGKILLed from outside, and real-time signals through `runc kill`.
 s_runc_v2() {
     if [ ! -x /bin/runc ]; then
         result runc_v2 skipped=no_runc_in_the_initramfs
@@ -244,6 +245,35 @@ s_runc_v2() {
         i=$((i + 1))
     done
     [ -n "$cpid" ] && answer=$(nsenter -t "$cpid" -n wget -q -O- http://127.0.0.1:8080/ 2>/dev/null | tr ' ' ,)
+    # A worker SIGKILLed from outside the container is replaced; then real-time signals sent with
+    # `runc kill` reach the new one, each instance.
+    restarted=no rt=none
+    if [ -n "$cpid" ] && [ "$ready" = yes ]; then
+        old=$(tr -d ' ' < /proc/$cpid/task/$cpid/children)
+        kill -KILL "$old"
+        new=$old
+        i=0
+        while [ $i -lt 100 ] && { [ -z "$new" ] || [ "$new" = "$old" ]; }; do
+            sleep 0.1
+            new=$(tr -d ' ' < /proc/$cpid/task/$cpid/children)
+            i=$((i + 1))
+        done
+        [ -n "$new" ] && [ "$new" != "$old" ] && restarted=yes
+        # The replacement counts from its start: wait until it answers, then signal it.
+        i=0
+        until nsenter -t "$cpid" -n wget -q -O /dev/null http://127.0.0.1:8080/ 2>/dev/null || [ $i -ge 50 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
+        runc kill ci 36 && runc kill ci 36 && runc kill ci 34
+        i=0
+        while [ $i -lt 50 ]; do
+            rt=$(nsenter -t "$cpid" -n wget -q -O- http://127.0.0.1:8080/ 2>/dev/null | sed -n 's/.*rt=\([^ ]*\).*/\1/p')
+            [ "$rt" = "34:1,36:2," ] && break
+            sleep 0.1
+            i=$((i + 1))
+        done
+    fi
     t0=$(cut -d' ' -f1 /proc/uptime)
     runc kill ci TERM 2>>/tmp/runc.log
     i=0
@@ -257,7 +287,7 @@ s_runc_v2() {
     stop_s=$(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $t0 }")
     runc delete --force ci 2>/dev/null
     dump runc_v2 /tmp/runc.log
-    result runc_v2 ran=$ran cgroup_cpu_max=$cpu_max workers=${w% *} ready=$ready answer=${answer:-none} exit_code=$code stop_seconds=$stop_s
+    result runc_v2 ran=$ran cgroup_cpu_max=$cpu_max workers=${w% *} ready=$ready answer=${answer:-none} restarted=$restarted rt=${rt:-none} exit_code=$code stop_seconds=$stop_s
 }
 
 echo "+cpu +cpuset +memory +pids" > $CG/cgroup.subtree_control
