@@ -856,12 +856,10 @@ fn the_serving_set_follows_every_transition() {
     let mut sim = Sim::new(s);
     let (a, b) = (sim.occupant(0), sim.occupant(1));
     let serving = |fx: &[Effect]| {
-        fx.iter()
-            .rev()
-            .find_map(|e| match e {
-                Effect::Serving(s) => Some(s.clone()),
-                _ => None,
-            })
+        fx.iter().rev().find_map(|e| match e {
+            Effect::Serving(s) => Some(s.clone()),
+            _ => None,
+        })
     };
     assert_eq!(serving(&sim.ready(a)), Some(vec![0]));
     assert_eq!(serving(&sim.ready(b)), Some(vec![0, 1]));

@@ -1,19 +1,22 @@
 //! Shared helpers for the integration tests: the binary under test, visible skips, bounded waits.
 #![allow(dead_code)]
 
+pub mod artifacts;
 pub mod cgroup;
+pub mod oci;
 pub mod otlp;
 
 use std::time::{Duration, Instant};
 
-/// Path of the binary under test: `CLUSTER_INIT_TEST_BIN` when set (the musl release build,
-/// or an older build to show a test fails there), else the debug build cargo made.
+/// Path of the binary under test: `CLUSTER_INIT_TEST_BIN` (the musl release build, as
+/// `tests/run` sets it for its second pass, or an older build to show a test fails there), else
+/// the debug build cargo made for these tests.
 pub fn bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         std::env::var("CLUSTER_INIT_TEST_BIN")
             .ok()
-            .filter(|b| !b.is_empty())
+            .filter(|p| !p.is_empty())
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_cluster-init").to_string())
     })
 }
@@ -33,6 +36,7 @@ pub fn require(ok: bool, what: &str) -> bool {
         panic!("CLUSTER_INIT_STRICT_TESTS=1 but this test needs {what}");
     }
     eprintln!("SKIPPED: this test needs {what}");
+    artifacts::record_skip(what);
     false
 }
 
