@@ -43,6 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use crate::listen::Queue;
+
 /// Beyond this many open connections, new ones are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A request head (and the next one on a keep-alive connection) must arrive within this.
@@ -101,6 +103,12 @@ pub struct PoolStatus {
     pub workers: Vec<WorkerStatus>,
     /// Our own log lines dropped because stderr was not read.
     pub log_lines_dropped: u64,
+    /// The slots new connections are steered to.
+    pub serving: Vec<u32>,
+    /// `on`, or `off: why`.
+    pub steering: String,
+    /// Steering programs attached so far.
+    pub steering_updates: u64,
 }
 
 impl PoolStatus {
@@ -116,6 +124,9 @@ impl PoolStatus {
             exits: BTreeMap::new(),
             workers: Vec::new(),
             log_lines_dropped: 0,
+            serving: Vec::new(),
+            steering: String::new(),
+            steering_updates: 0,
         }
     }
 }
@@ -131,7 +142,16 @@ pub struct Admin {
 /// What every request handler reads.
 struct Shared {
     status: watch::Receiver<PoolStatus>,
-    ping: mpsc::Sender<oneshot::Sender<()>>,
+    ping: mpsc::Sender<Ask>,
+}
+
+/// What a handler asks the supervisor loop, which answers when its loop turns.
+#[derive(Debug)]
+pub enum Ask {
+    /// `/livez`: answered by the loop itself, so a stuck loop fails the probe.
+    Pong(oneshot::Sender<()>),
+    /// The accept queues of the listeners, read when scraped.
+    Queues(oneshot::Sender<Vec<Queue>>),
 }
 
 /// Bounds on what clients may hold; a struct so tests can shrink them.
@@ -176,7 +196,7 @@ impl Admin {
     pub fn bind(
         addr: &str,
         status: watch::Receiver<PoolStatus>,
-        ping: mpsc::Sender<oneshot::Sender<()>>,
+        ping: mpsc::Sender<Ask>,
     ) -> Result<Admin, String> {
         let addr = parse_listen_addr(addr)?;
         let listener = StdTcpListener::bind(addr)
@@ -324,11 +344,13 @@ async fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Byte
         }
         // Rendered straight from the borrowed snapshot: the guard is never held across an await.
         "/metrics" => {
-            let body = render_metrics(&shared.status.borrow());
+            let queues = queues(&shared.ping).await;
+            let body = render_metrics(&shared.status.borrow(), &queues);
             reply(StatusCode::OK, PROMETHEUS_TEXT, body)
         }
         _ => {
-            let body = render_status(&shared.status.borrow());
+            let queues = queues(&shared.ping).await;
+            let body = render_status(&shared.status.borrow(), &queues);
             reply(StatusCode::OK, JSON, body)
         }
     }
@@ -336,16 +358,31 @@ async fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Byte
 
 /// Asks the supervisor loop for a pong. It answers only when its loop turns, which is the point:
 /// a loop stuck in a blocking call makes /livez fail. No timer runs while nobody asks.
-async fn supervisor_answers(ping: &mpsc::Sender<oneshot::Sender<()>>) -> bool {
+async fn supervisor_answers(ping: &mpsc::Sender<Ask>) -> bool {
     let (tx, rx) = oneshot::channel();
     let round_trip = async {
-        ping.send(tx).await.ok()?;
+        ping.send(Ask::Pong(tx)).await.ok()?;
         rx.await.ok()
     };
     matches!(
         tokio::time::timeout(PONG_TIMEOUT, round_trip).await,
         Ok(Some(()))
     )
+}
+
+/// The listeners' accept queues, read by the loop now; empty when it does not answer in time
+/// (the rest of the page is still worth serving).
+async fn queues(ping: &mpsc::Sender<Ask>) -> Vec<Queue> {
+    let (tx, rx) = oneshot::channel();
+    let round_trip = async {
+        ping.send(Ask::Queues(tx)).await.ok()?;
+        rx.await.ok()
+    };
+    tokio::time::timeout(PONG_TIMEOUT, round_trip)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -357,7 +394,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 /// Renders the snapshot in the Prometheus text exposition format 0.0.4.
-pub fn render_metrics(s: &PoolStatus) -> String {
+pub fn render_metrics(s: &PoolStatus, queues: &[Queue]) -> String {
     let mut out = String::with_capacity(2048);
 
     let mut by_state: BTreeMap<&str, u64> = WORKER_STATES.iter().map(|&k| (k, 0)).collect();
@@ -450,6 +487,37 @@ pub fn render_metrics(s: &PoolStatus) -> String {
 
     family(
         &mut out,
+        "cluster_init_listen_queue",
+        "gauge",
+        "Connections waiting in a listening socket's accept queue (slot \"shared\": every slot's).",
+    );
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "cluster_init_listen_queue{{listener=\"{}\",slot=\"{}\"}} {}",
+            escape_label(&q.listener),
+            slot_label(q.slot),
+            q.queued
+        );
+    }
+    family(
+        &mut out,
+        "cluster_init_listen_backlog",
+        "gauge",
+        "The accept queue's capacity (the listen backlog).",
+    );
+    for q in queues {
+        let _ = writeln!(
+            out,
+            "cluster_init_listen_backlog{{listener=\"{}\",slot=\"{}\"}} {}",
+            escape_label(&q.listener),
+            slot_label(q.slot),
+            q.backlog
+        );
+    }
+
+    family(
+        &mut out,
         "cluster_init_log_lines_dropped_total",
         "counter",
         "Log lines of cluster-init dropped because stderr was not being read.",
@@ -472,6 +540,10 @@ pub fn render_metrics(s: &PoolStatus) -> String {
         PromFloat(unix_seconds(s.start_time)),
     );
     out
+}
+
+fn slot_label(slot: Option<u32>) -> String {
+    slot.map_or_else(|| "shared".to_string(), |s| s.to_string())
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -523,12 +595,21 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 /// Renders the snapshot as the `/status` JSON document.
-pub fn render_status(s: &PoolStatus) -> String {
+pub fn render_status(s: &PoolStatus, queues: &[Queue]) -> String {
+    let queued = |slot: u32| {
+        let mine: Vec<u32> = queues
+            .iter()
+            .filter(|q| q.slot == Some(slot))
+            .map(|q| q.queued)
+            .collect();
+        (!mine.is_empty()).then(|| mine.iter().sum::<u32>())
+    };
     let workers: Vec<serde_json::Value> = s
         .workers
         .iter()
         .map(|w| {
             serde_json::json!({
+                "queued": queued(w.slot),
                 "slot": w.slot,
                 "pid": w.pid,
                 "state": w.state,
@@ -548,6 +629,16 @@ pub fn render_status(s: &PoolStatus) -> String {
         // serde_json writes a non-finite float as null, which is what a reader should see.
         "cpu_budget": s.cpu_budget,
         "workers": workers,
+        "serving": s.serving,
+        "steering": s.steering,
+        "steering_updates": s.steering_updates,
+        "listeners": queues.iter().map(|q| serde_json::json!({
+            "listener": q.listener,
+            "slot": q.slot,
+            "queued": q.queued,
+            "backlog": q.backlog,
+        })).collect::<Vec<_>>(),
+        "log_lines_dropped": s.log_lines_dropped,
     });
     doc.to_string()
 }
@@ -594,6 +685,9 @@ mod tests {
                 },
             ],
             log_lines_dropped: 0,
+            serving: vec![0],
+            steering: "on".into(),
+            steering_updates: 3,
         }
     }
 
@@ -601,7 +695,7 @@ mod tests {
     struct Fixture {
         addr: SocketAddr,
         status: watch::Sender<PoolStatus>,
-        pings: mpsc::Receiver<oneshot::Sender<()>>,
+        pings: mpsc::Receiver<Ask>,
     }
 
     fn start(limits: Limits) -> Fixture {
@@ -619,12 +713,32 @@ mod tests {
     }
 
     /// Answers pings the way the supervisor loop will.
-    fn answer_pings(mut pings: mpsc::Receiver<oneshot::Sender<()>>) {
+    fn answer_pings(mut pings: mpsc::Receiver<Ask>) {
         tokio::spawn(async move {
-            while let Some(pong) = pings.recv().await {
-                let _ = pong.send(());
+            while let Some(ask) = pings.recv().await {
+                match ask {
+                    Ask::Pong(tx) => drop(tx.send(())),
+                    Ask::Queues(tx) => drop(tx.send(sample_queues())),
+                }
             }
         });
+    }
+
+    fn sample_queues() -> Vec<Queue> {
+        vec![
+            Queue {
+                listener: "http".into(),
+                slot: Some(0),
+                queued: 2,
+                backlog: 1024,
+            },
+            Queue {
+                listener: "unix".into(),
+                slot: None,
+                queued: 0,
+                backlog: 128,
+            },
+        ]
     }
 
     struct Reply {
@@ -794,7 +908,7 @@ mod tests {
 
     #[test]
     fn metrics_are_valid_exposition_with_every_state_and_reason() {
-        let samples = parse_prometheus(&render_metrics(&sample_status()));
+        let samples = parse_prometheus(&render_metrics(&sample_status(), &sample_queues()));
         for state in WORKER_STATES {
             let want = match state {
                 "ready" | "backoff" => 1.0,
@@ -835,7 +949,7 @@ mod tests {
         let mut s = sample_status();
         s.exits.insert("we\"ird\\", 1);
         s.cpu_budget = f64::INFINITY;
-        let text = render_metrics(&s);
+        let text = render_metrics(&s, &[]);
         assert!(text.contains(r#"reason="we\"ird\\"} 1"#), "{text}");
         assert!(text.contains("cluster_init_cpu_budget +Inf\n"), "{text}");
         parse_prometheus(&text);
@@ -844,7 +958,7 @@ mod tests {
     #[test]
     fn status_json_has_every_field() {
         let v: serde_json::Value =
-            serde_json::from_str(&render_status(&sample_status())).expect("json");
+            serde_json::from_str(&render_status(&sample_status(), &sample_queues())).expect("json");
         assert_eq!(v["ready"], false);
         assert_eq!(v["generation"], 3);
         assert_eq!(v["desired"], 2);

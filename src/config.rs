@@ -37,6 +37,8 @@ pub struct Config {
     pub memory_check_interval: Duration,
     pub watchdog: Option<Duration>,
     pub trace_command_args: bool,
+    /// `--stall-timeout`; None when off (0).
+    pub stall_timeout: Option<Duration>,
 }
 
 /// Why the plan could not be made: a usage error (exit 2) or a command that cannot run.
@@ -68,6 +70,9 @@ impl Config {
                 .max_worker_memory
                 .map(|cap| (cap, self.memory_check_interval)),
             hup: self.hup,
+            stall_timeout: self.stall_timeout,
+            migrate: self.listeners.has_per_slot_sockets()
+                && crate::listen::tcp_migrate_req() == Some(true),
             seed,
         }
     }
@@ -186,6 +191,7 @@ impl Config {
             // 0 means off, as WatchdogSec=0 does in systemd.
             watchdog: cli.watchdog.filter(|d| !d.is_zero()),
             trace_command_args: cli.trace_command_args,
+            stall_timeout: (!cli.stall_timeout.is_zero()).then_some(cli.stall_timeout),
         };
         Ok((cfg, plan))
     }

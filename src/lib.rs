@@ -17,6 +17,7 @@
 //! - `memory`: workers' memory (PSS of a process tree) and OOM-kill counts
 //! - `spawn`: fork/exec of one worker (the async-signal-safe part)
 //! - `signals`: which signal means what; the signalfd the loop awaits
+//! - `steer`: the reuseport steering program that keeps new connections off down slots
 //! - `backoff`: restart delays
 //! - `status`: exit statuses and what they make of ours
 //! - `telemetry`: logs and OpenTelemetry traces of worker lives
@@ -36,5 +37,6 @@ pub mod signals;
 pub mod sink;
 pub mod spawn;
 pub mod status;
+pub mod steer;
 pub mod supervisor;
 pub mod telemetry;

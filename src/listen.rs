@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use nix::errno::Errno;
+
+use crate::steer::{self, Group};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{
     bind as sys_bind, getsockname, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
@@ -319,14 +321,32 @@ fn read_sysctl(path: &str) -> Option<u32> {
 /// The sockets of one address.
 enum Sockets {
     /// Reuseport: one socket per slot, all bound to `addr`, whose port is the
-    /// one the kernel picked for slot 0 when the spec said port 0.
-    PerSlot { addr: SocketAddr, fds: Vec<OwnedFd> },
-    /// One socket for every slot. `created` is set when we made the unix
-    /// socket file and must remove it.
+    /// one the kernel picked for slot 0 when the spec said port 0. A slot's
+    /// entry is None while its socket is closed (its slot parked, or not bound
+    /// yet); `group` mirrors the order the kernel keeps them in.
+    PerSlot {
+        addr: SocketAddr,
+        fds: Vec<Option<OwnedFd>>,
+        group: Group,
+    },
+    /// One socket for every slot (None once closed for the final stop).
+    /// `created` is set when we made the unix socket file and must remove it.
     Shared {
-        fd: OwnedFd,
+        fd: Option<OwnedFd>,
         created: Option<UnixFile>,
     },
+}
+
+/// One listening socket's accept queue, for `/metrics` and stall detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queue {
+    /// The `LISTEN_FDNAMES` name.
+    pub listener: String,
+    /// None for a socket every slot shares.
+    pub slot: Option<u32>,
+    /// Connections waiting to be accepted.
+    pub queued: u32,
+    pub backlog: u32,
 }
 
 /// A socket file we created, identified by inode so that we never remove a
@@ -430,7 +450,10 @@ impl Listeners {
             let _ = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
             entries.push(Entry {
                 name,
-                sockets: Sockets::Shared { fd, created: None },
+                sockets: Sockets::Shared {
+                    fd: Some(fd),
+                    created: None,
+                },
             });
         }
         Some(Listeners {
@@ -444,6 +467,14 @@ impl Listeners {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether any address has a socket per slot (reuseport TCP): what steering, parking and
+    /// stall detection act on.
+    pub fn has_per_slot_sockets(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.sockets, Sockets::PerSlot { .. }))
     }
 
     /// Listeners each worker gets: its `LISTEN_FDS`.
@@ -469,20 +500,20 @@ impl Listeners {
     /// `dup2`ed onto 3, 4, ... They are our own fds, so some may already sit
     /// in that range: the spawner must move them out of 3..3+count() before
     /// the `dup2`s (or `dup2` them in an order that never clobbers a source).
+    /// Call [`Listeners::ensure_slot`] first: a slot without its own socket
+    /// would share a sibling's.
     pub fn fds_for_slot(&self, slot: usize) -> Vec<RawFd> {
-        // Shared sockets serve any slot; per-slot ones only exist up to `slots`.
-        debug_assert!(
-            self.balance == Balance::Shared || slot < self.slots,
-            "slot {slot} of {}",
-            self.slots
-        );
         self.entries
             .iter()
-            .map(|entry| match &entry.sockets {
+            .filter_map(|entry| match &entry.sockets {
                 // A supervisor bug must not take PID 1 down: a worker that
                 // shares a sibling's socket still serves.
-                Sockets::PerSlot { fds, .. } => fds[slot.min(fds.len() - 1)].as_raw_fd(),
-                Sockets::Shared { fd, .. } => fd.as_raw_fd(),
+                Sockets::PerSlot { fds, .. } => fds
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .or_else(|| fds.iter().flatten().next())
+                    .map(|fd| fd.as_raw_fd()),
+                Sockets::Shared { fd, .. } => fd.as_ref().map(|fd| fd.as_raw_fd()),
             })
             .collect()
     }
@@ -496,27 +527,58 @@ impl Listeners {
     /// Binds one more socket per reuseport address for a new highest slot.
     /// On error nothing changes.
     pub fn add_slot(&mut self) -> Result<(), String> {
+        self.ensure_slot(self.slots)
+    }
+
+    /// Makes sure `slot` has its own socket on every reuseport address (a new
+    /// slot, or one whose socket was closed while it was down). On error
+    /// nothing changes.
+    pub fn ensure_slot(&mut self, slot: usize) -> Result<(), String> {
         if self.balance == Balance::ReusePort {
-            let mut added = Vec::new();
-            for entry in &self.entries {
-                if let Sockets::PerSlot { addr, .. } = &entry.sockets {
-                    // `added` is dropped on error: the new sockets close.
-                    added.push(
-                        bind_tcp(*addr, true, self.backlog).map_err(|e| bind_error(addr, e))?,
-                    );
+            let mut bound = Vec::new();
+            for (i, entry) in self.entries.iter().enumerate() {
+                if let Sockets::PerSlot { addr, fds, .. } = &entry.sockets {
+                    if fds.get(slot).is_none_or(Option::is_none) {
+                        // `bound` is dropped on error: the new sockets close.
+                        let fd =
+                            bind_tcp(*addr, true, self.backlog).map_err(|e| bind_error(addr, e))?;
+                        bound.push((i, fd));
+                    }
                 }
             }
-            let mut added = added.into_iter();
-            for entry in &mut self.entries {
-                // Only per-slot entries take one: a shared (unix) entry before a TCP one must not
-                // swallow the TCP socket.
-                if let Sockets::PerSlot { fds, .. } = &mut entry.sockets {
-                    fds.extend(added.next());
+            for (i, fd) in bound {
+                if let Sockets::PerSlot { fds, group, .. } = &mut self.entries[i].sockets {
+                    if fds.len() <= slot {
+                        fds.resize_with(slot + 1, || None);
+                    }
+                    fds[slot] = Some(fd);
+                    group.joined(slot as u32);
                 }
             }
         }
-        self.slots += 1;
+        self.slots = self.slots.max(slot + 1);
         Ok(())
+    }
+
+    /// Closes `slot`'s own sockets while it is down, so that with
+    /// [`tcp_migrate_req`] the kernel moves their queued connections to the
+    /// sockets of the slots that serve. A socket that is the last open one of
+    /// its address stays: it holds the port. True when something was closed.
+    pub fn close_slot(&mut self, slot: usize) -> bool {
+        let mut closed = false;
+        for entry in &mut self.entries {
+            if let Sockets::PerSlot { fds, group, .. } = &mut entry.sockets {
+                let open = fds.iter().flatten().count();
+                if open > 1 {
+                    if let Some(fd) = fds.get_mut(slot).and_then(Option::take) {
+                        drop(fd);
+                        group.left(slot as u32);
+                        closed = true;
+                    }
+                }
+            }
+        }
+        closed
     }
 
     /// Closes the highest slot's sockets. Connections queued on them are reset
@@ -526,10 +588,73 @@ impl Listeners {
         if self.slots <= 1 {
             return;
         }
+        self.close_slot(self.slots - 1);
         self.slots -= 1;
         for entry in &mut self.entries {
             if let Sockets::PerSlot { fds, .. } = &mut entry.sockets {
                 fds.truncate(self.slots);
+            }
+        }
+    }
+
+    /// Steers new connections on every reuseport address to the sockets of
+    /// `serving` slots (every slot's, by the kernel's hash, when none serves).
+    /// Returns how many programs were attached; an error names the address
+    /// whose kernel refused.
+    pub fn steer(&self, serving: &[u32]) -> Result<usize, String> {
+        let mut attached = 0;
+        for entry in &self.entries {
+            if let Sockets::PerSlot { addr, fds, group } = &entry.sockets {
+                let Some(fd) = fds.iter().flatten().next() else {
+                    continue;
+                };
+                steer::attach(fd.as_raw_fd(), &group.program(serving))
+                    .map_err(|e| format!("cannot steer {addr}: {e}"))?;
+                attached += 1;
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Every TCP listening socket's accept queue, read now.
+    pub fn queues(&self) -> Vec<Queue> {
+        let mut out = Vec::new();
+        for entry in &self.entries {
+            let sockets: Vec<(Option<u32>, &OwnedFd)> = match &entry.sockets {
+                Sockets::PerSlot { fds, .. } => fds
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, fd)| Some((Some(slot as u32), fd.as_ref()?)))
+                    .collect(),
+                Sockets::Shared { fd, .. } => fd.iter().map(|fd| (None, fd)).collect(),
+            };
+            for (slot, fd) in sockets {
+                if let Some((queued, backlog)) = steer::queue(fd.as_raw_fd()) {
+                    out.push(Queue {
+                        listener: entry.name.clone(),
+                        slot,
+                        queued,
+                        backlog,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes every socket of ours, for the final stop: a listener then lives
+    /// only as long as the workers' copies, so once a server closes its own
+    /// (Node's `server.close()`), new connections are refused instead of
+    /// waiting for a worker that will never accept them. Unix socket files
+    /// are still removed at drop.
+    pub fn close_all(&mut self) {
+        for entry in &mut self.entries {
+            match &mut entry.sockets {
+                Sockets::PerSlot { fds, group, .. } => {
+                    fds.clear();
+                    *group = Group::default();
+                }
+                Sockets::Shared { fd, .. } => *fd = None,
             }
         }
     }
@@ -543,9 +668,11 @@ impl Listeners {
             .map(|(entry, addr)| {
                 let how = match (&entry.sockets, self.inherited) {
                     (_, true) => "inherited, shared".to_string(),
-                    (Sockets::PerSlot { fds, .. }, false) => {
-                        format!("reuseport x{}, backlog {}", fds.len(), self.backlog)
-                    }
+                    (Sockets::PerSlot { fds, .. }, false) => format!(
+                        "reuseport x{}, backlog {}",
+                        fds.iter().flatten().count(),
+                        self.backlog
+                    ),
                     (Sockets::Shared { .. }, false) => format!("shared, backlog {}", self.backlog),
                 };
                 format!("{}={addr} ({how})", entry.name)
@@ -560,9 +687,10 @@ impl Listeners {
             .iter()
             .map(|entry| match &entry.sockets {
                 Sockets::PerSlot { addr, .. } => addr.to_string(),
-                Sockets::Shared { fd, .. } => {
+                Sockets::Shared { fd: Some(fd), .. } => {
                     sock_name(fd).unwrap_or_else(|| format!("fd {}", fd.as_raw_fd()))
                 }
+                Sockets::Shared { fd: None, .. } => "closed".to_string(),
             })
             .collect()
     }
@@ -633,7 +761,7 @@ fn bind_tcp_spec(
     let (first_addr, first) = bind_first(host, port, balance == Balance::ReusePort, backlog)?;
     if balance == Balance::Shared {
         return Ok(Sockets::Shared {
-            fd: first,
+            fd: Some(first),
             created: None,
         });
     }
@@ -642,11 +770,17 @@ fn bind_tcp_spec(
         Some(bound) => SocketAddr::new(first_addr.ip(), bound.port()),
         None => first_addr,
     };
-    let mut fds = vec![first];
+    let mut fds = vec![Some(first)];
     for _ in 1..slots {
-        fds.push(bind_tcp(addr, true, backlog).map_err(|e| bind_error(&addr, e))?);
+        fds.push(Some(
+            bind_tcp(addr, true, backlog).map_err(|e| bind_error(&addr, e))?,
+        ));
     }
-    Ok(Sockets::PerSlot { addr, fds })
+    Ok(Sockets::PerSlot {
+        addr,
+        fds,
+        group: Group::new(slots as u32),
+    })
 }
 
 /// Binds the first socket of an address, choosing the concrete IP.
@@ -738,7 +872,7 @@ fn bind_unix(path: &Path, backlog: u32) -> Result<Sockets, String> {
     };
     match finish() {
         Ok(created) => Ok(Sockets::Shared {
-            fd,
+            fd: Some(fd),
             created: Some(created),
         }),
         Err(e) => {

@@ -384,6 +384,27 @@ impl Reporter {
                 process.pid = pgid,
                 "stop timeout passed: SIGKILL to what remains of the worker's process group"
             ),
+            Report::Stalled {
+                slot,
+                pid,
+                queued,
+                after,
+            } => self.in_life(pid, || {
+                warn!(
+                    cluster_init.worker.slot = slot,
+                    process.pid = pid,
+                    cluster_init.listen.queue = queued,
+                    cluster_init.exit.reason = ExitReason::Stalled.as_str(),
+                    "accept queue stalled: {queued} connection(s) waiting, none accepted for {:.1}s; replacing the worker",
+                    after.as_secs_f64()
+                )
+            }),
+            Report::Parked { slot, delay } => info!(
+                cluster_init.worker.slot = slot,
+                cluster_init.restart.delay_ms = delay.as_millis() as u64,
+                "slot {slot} stays down for {}ms: its socket is closed so that the kernel moves its queued connections to the live slots (net.ipv4.tcp_migrate_req=1)",
+                delay.as_millis()
+            ),
             Report::GivingUp { after, code } => error!(
                 process.exit.code = code,
                 "every worker has been crash-looping for {after:?}: giving up (exit {code}) so the orchestrator's backoff takes over"

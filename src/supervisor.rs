@@ -16,10 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::admin::{Admin, PoolStatus, WorkerStatus};
+use crate::admin::{Admin, Ask, PoolStatus, WorkerStatus};
 use crate::cli::ReadyMode;
 use crate::config::Config;
 use crate::memory::{self, Meter};
@@ -117,6 +117,10 @@ struct Supervisor {
     oom_file: Option<PathBuf>,
     status_tx: watch::Sender<PoolStatus>,
     published: Option<u64>,
+    steering: Steering,
+    /// Steering programs attached so far (one per reuseport address per change of the serving
+    /// slots), shown in `/status`.
+    steering_updates: u64,
     start: Instant,
     start_wall: SystemTime,
 }
@@ -150,6 +154,12 @@ impl Supervisor {
             oom_file,
             status_tx,
             published: None,
+            steering: if cfg.listeners.has_per_slot_sockets() {
+                Steering::On
+            } else {
+                Steering::Off("no socket per slot (shared or unix listeners, or none)")
+            },
+            steering_updates: 0,
             start: now,
             start_wall: SystemTime::now(),
             cfg,
@@ -160,7 +170,7 @@ impl Supervisor {
         &mut self,
         signals: &Signals,
         notify: Option<&NotifyServer>,
-        mut ping_rx: mpsc::Receiver<oneshot::Sender<()>>,
+        mut ping_rx: mpsc::Receiver<Ask>,
     ) -> i32 {
         self.log_start();
         become_reaper(self.cfg.subreaper);
@@ -210,9 +220,7 @@ impl Supervisor {
                     Ok((sender, notices)) => self.notified(sender, notices),
                     Err(e) => debug!("notify socket: {e}"),
                 },
-                Some(pong) = ping_rx.recv() => {
-                    let _ = pong.send(());
-                }
+                Some(ask) = ping_rx.recv() => self.answer(ask),
                 Some(used) = self.memory_rx.recv() => self.step(Event::Memory(used)),
                 _ = writable(sink_fd) => {
                     sink::stderr().flush();
@@ -224,7 +232,7 @@ impl Supervisor {
 
     /// Handles whatever signals, exec outcomes, pings and measurements are waiting, without
     /// waiting for any.
-    fn sweep(&mut self, signals: &Signals, ping_rx: &mut mpsc::Receiver<oneshot::Sender<()>>) {
+    fn sweep(&mut self, signals: &Signals, ping_rx: &mut mpsc::Receiver<Ask>) {
         match signals.pending() {
             Ok(batch) => self.signalled(batch),
             Err(e) => debug!("reading signals: {e}"),
@@ -232,11 +240,18 @@ impl Supervisor {
         while let Ok((pid, outcome)) = self.exec_rx.try_recv() {
             self.exec_resolved(pid, outcome);
         }
-        while let Ok(pong) = ping_rx.try_recv() {
-            let _ = pong.send(());
+        while let Ok(ask) = ping_rx.try_recv() {
+            self.answer(ask);
         }
         while let Ok(used) = self.memory_rx.try_recv() {
             self.step(Event::Memory(used));
+        }
+    }
+
+    fn answer(&self, ask: Ask) {
+        match ask {
+            Ask::Pong(tx) => drop(tx.send(())),
+            Ask::Queues(tx) => drop(tx.send(self.cfg.listeners.queues())),
         }
     }
 
@@ -280,7 +295,17 @@ impl Supervisor {
                 None
             }
             Effect::Serving(slots) => {
-                debug!(cluster_init.serving = ?slots, "slots serving: {slots:?}");
+                self.steer(&slots);
+                None
+            }
+            Effect::SampleQueues => Some(Event::Queues(self.slot_queues())),
+            Effect::Park(slot) => {
+                self.cfg.listeners.close_slot(slot as usize);
+                None
+            }
+            Effect::CloseListeners => {
+                self.cfg.listeners.close_all();
+                self.steering = Steering::Off("the pool is stopping");
                 None
             }
             Effect::NotifyReady => {
@@ -294,6 +319,34 @@ impl Supervisor {
                 None
             }
         }
+    }
+
+    /// Points the reuseport steering programs at the slots that serve now.
+    fn steer(&mut self, serving: &[u32]) {
+        if self.steering != Steering::On {
+            return;
+        }
+        match self.cfg.listeners.steer(serving) {
+            Ok(n) => {
+                self.steering_updates += n as u64;
+                debug!(cluster_init.serving = ?serving, "steering new connections to slots {serving:?}");
+            }
+            Err(e) => {
+                warn!("{e}: new connections are spread over every slot, whether its worker serves or not");
+                self.steering = Steering::Off("the kernel refused the program");
+            }
+        }
+    }
+
+    /// Connections waiting in each slot's own sockets, summed over its listeners.
+    fn slot_queues(&self) -> Vec<(u32, u32)> {
+        let mut per_slot: std::collections::BTreeMap<u32, u32> = Default::default();
+        for q in self.cfg.listeners.queues() {
+            if let Some(slot) = q.slot {
+                *per_slot.entry(slot).or_default() += q.queued;
+            }
+        }
+        per_slot.into_iter().collect()
     }
 
     /// Forks a worker for `slot`; the answer is the event the pool waits for.
@@ -583,6 +636,8 @@ impl Supervisor {
         let pool = &self.pool;
         let budget = self.cfg.cpu.budget;
         let start_wall = self.start_wall;
+        let steering = self.steering.describe();
+        let steering_updates = self.steering_updates;
         self.status_tx.send_modify(|s| {
             s.ready = pool.ready();
             s.generation = pool.generation();
@@ -592,7 +647,26 @@ impl Supervisor {
             s.restarts_total = pool.restarts_total();
             s.exits = exits;
             s.workers = workers;
+            s.serving = pool.serving().to_vec();
+            s.steering = steering;
+            s.steering_updates = steering_updates;
         });
+    }
+}
+
+/// Whether new connections are steered to serving slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Steering {
+    On,
+    Off(&'static str),
+}
+
+impl Steering {
+    fn describe(self) -> String {
+        match self {
+            Steering::On => "on".to_string(),
+            Steering::Off(why) => format!("off: {why}"),
+        }
     }
 }
 

@@ -82,6 +82,12 @@ pub struct Settings {
     /// `--max-worker-memory` and how often it is measured.
     pub memory_cap: Option<(u64, Duration)>,
     pub hup: HupAction,
+    /// `--stall-timeout`: a serving slot whose accept queue is non-empty and has not shrunk
+    /// for this long has a hung worker.
+    pub stall_timeout: Option<Duration>,
+    /// `net.ipv4.tcp_migrate_req` is 1 and slots have sockets of their own: a slot that stays
+    /// down closes its socket so the kernel moves its queued connections to live slots.
+    pub migrate: bool,
     /// Seeds the backoff jitter of each slot.
     pub seed: u64,
 }
@@ -246,6 +252,8 @@ pub struct Slot {
     last_start: Option<Instant>,
     pub restarts: u64,
     pub last_exit: Option<LastExit>,
+    /// The accept queue last seen non-empty: its length, and since when it has not shrunk.
+    stall: Option<(u32, Instant)>,
 }
 
 impl Slot {
@@ -315,6 +323,8 @@ pub enum Event {
     Command(Command),
     /// Memory used by workers (and their descendants), as asked by [`Effect::MeasureMemory`].
     Memory(Vec<(i32, u64)>),
+    /// Connections waiting in each slot's accept queue(s), as asked by [`Effect::SampleQueues`].
+    Queues(Vec<(u32, u32)>),
 }
 
 /// What the supervisor is asked to do.
@@ -334,6 +344,14 @@ pub enum Effect {
     CloseSlot(u32),
     /// The slots that serve changed: steer new connections to these.
     Serving(Vec<u32>),
+    /// Read every slot's accept queue; answer with `Queues`.
+    SampleQueues,
+    /// The slot stays down a while: its own socket can be closed (queued connections then move
+    /// to live slots, `tcp_migrate_req`); its next start binds a new one.
+    Park(u32),
+    /// The pool stops: the init's references to the listeners go, so a listener lives only as
+    /// long as the workers' copies.
+    CloseListeners,
     /// The pool became ready for the first time: tell our own supervisor (`READY=1`).
     NotifyReady,
     /// A fact worth a log line, a span or an event.
@@ -478,6 +496,18 @@ pub enum Report {
         slot: u32,
         pgid: i32,
     },
+    /// The slot's accept queue held `queued` connections and did not shrink for `after`.
+    Stalled {
+        slot: u32,
+        pid: i32,
+        queued: u32,
+        after: Duration,
+    },
+    /// The slot is down for `delay`: its socket is closed so its queue moves (Effect::Park).
+    Parked {
+        slot: u32,
+        delay: Duration,
+    },
     GivingUp {
         after: Duration,
         code: i32,
@@ -525,6 +555,7 @@ pub struct Pool {
     serving: Vec<u32>,
     oom_kills: Option<u64>,
     next_memory_check: Option<Instant>,
+    next_queue_sample: Option<Instant>,
     launches_left: usize,
     restarts_total: u64,
     exits: [u64; ExitReason::ALL.len()],
@@ -542,6 +573,9 @@ impl Pool {
             .collect();
         Pool {
             next_memory_check: settings.memory_cap.map(|(_, every)| now + every),
+            next_queue_sample: settings
+                .stall_timeout
+                .map(|d| now + queue_sample_interval(d)),
             s: settings,
             slots,
             leaving: Vec::new(),
@@ -581,6 +615,7 @@ impl Pool {
             Event::Signal(sig) => self.signalled(sig, now),
             Event::Command(c) => self.command(c, now),
             Event::Memory(used) => self.memory_measured(&used, now),
+            Event::Queues(queues) => self.queues_sampled(&queues, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -625,6 +660,9 @@ impl Pool {
         }
         if self.phase == Phase::Running {
             if let Some(at) = self.next_memory_check {
+                consider(at);
+            }
+            if let Some(at) = self.next_queue_sample.filter(|_| !self.serving.is_empty()) {
                 consider(at);
             }
             if let Some(at) = self.give_up_at() {
@@ -684,6 +722,11 @@ impl Pool {
 
     pub fn ready(&self) -> bool {
         self.ready
+    }
+
+    /// The slots that serve now (steering sends new connections only to these).
+    pub fn serving(&self) -> &[u32] {
+        &self.serving
     }
 
     pub fn restarts_total(&self) -> u64 {
@@ -857,6 +900,14 @@ impl Pool {
         if self.phase == Phase::Running {
             if self.next_memory_check.is_some_and(|at| at <= now) {
                 self.check_memory(now);
+            }
+            if let Some(d) = self.s.stall_timeout {
+                if self.next_queue_sample.is_some_and(|at| at <= now) {
+                    self.next_queue_sample = Some(now + queue_sample_interval(d));
+                    if !self.serving.is_empty() {
+                        self.out.push(Effect::SampleQueues);
+                    }
+                }
             }
             if self.give_up_at().is_some_and(|at| at <= now) {
                 let code = self.outcome.last_failure.unwrap_or(1).max(1);
@@ -1258,8 +1309,14 @@ impl Pool {
         slot.failing_since.get_or_insert(now);
         let delay = slot.backoff.after_exit(healthy);
         slot.restarts += 1;
+        slot.stall = None;
+        let id = slot.id;
         self.restarts_total += 1;
         self.set_state(i, SlotState::Waiting { until: now + delay });
+        if self.s.migrate && delay > self.s.backoff.initial {
+            self.out.push(Effect::Park(id));
+            self.report(Report::Parked { slot: id, delay });
+        }
         Then::Restart { delay }
     }
 
@@ -1564,6 +1621,7 @@ impl Pool {
         self.version += 1;
         self.rollout = Rollout::default();
         self.report(Report::StopBegun { cause });
+        self.out.push(Effect::CloseListeners);
         for i in 0..self.slots.len() {
             let state = self.take_state(i);
             self.set_state(i, SlotState::Ended);
@@ -1660,6 +1718,50 @@ impl Pool {
         latest.map(|since| since + limit)
     }
 
+    /// A serving slot whose queue is non-empty and has not shrunk for `--stall-timeout` has a
+    /// hung worker: out of steering at once, the worker leaves (stop signal, SIGKILL after the
+    /// stop timeout), and a successor starts after the slot's backoff to serve the queue.
+    fn queues_sampled(&mut self, queues: &[(u32, u32)], now: Instant) {
+        let Some(limit) = self.s.stall_timeout else {
+            return;
+        };
+        for &(id, queued) in queues {
+            let Some(i) = self.slot_index(id) else {
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            if !matches!(slot.state, SlotState::Serving(_)) || queued == 0 {
+                slot.stall = None;
+                continue;
+            }
+            let since = match slot.stall {
+                Some((before, since)) if queued >= before => since,
+                _ => now,
+            };
+            slot.stall = Some((queued, since));
+            if now.saturating_duration_since(since) < limit {
+                continue;
+            }
+            let SlotState::Serving(w) = self.take_state(i) else {
+                unreachable!("checked above");
+            };
+            self.set_state(i, SlotState::Ended);
+            self.report(Report::Stalled {
+                slot: id,
+                pid: w.pid,
+                queued,
+                after: now.saturating_duration_since(since),
+            });
+            let healthy = w
+                .ready_since
+                .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+            let stop = self.signal_stop(&w, StopWhy::Stalled, self.s.stop_signal, now);
+            self.leaving.push((w, stop));
+            // Its exit is counted (as `stalled`) when it is reaped; the slot restarts now.
+            self.restart_after_failure(i, healthy, 1, now);
+        }
+    }
+
     fn count_exit(&mut self, reason: ExitReason) {
         self.exits[reason.index()] += 1;
         self.version += 1;
@@ -1673,6 +1775,12 @@ enum Place {
     Old(usize),
     New(usize),
     Leaving(usize),
+}
+
+/// How often queues are read for `--stall-timeout`: often enough that a stall is seen within a
+/// quarter of the timeout, never more than 10 times a second.
+fn queue_sample_interval(stall: Duration) -> Duration {
+    (stall / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 fn kill_deadline(stop: &Stop, consider: &mut impl FnMut(Instant)) {
@@ -1693,5 +1801,6 @@ fn new_slot(s: &Settings, id: u32, now: Instant) -> Slot {
         last_start: None,
         restarts: 0,
         last_exit: None,
+        stall: None,
     }
 }

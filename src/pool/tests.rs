@@ -28,6 +28,8 @@ fn settings(workers: u32) -> Settings {
         watchdog: None,
         memory_cap: None,
         hup: HupAction::Reload,
+        stall_timeout: None,
+        migrate: false,
         seed: 7,
     }
 }
@@ -865,4 +867,93 @@ fn the_serving_set_follows_every_transition() {
     assert_eq!(serving(&sim.ready(b)), Some(vec![0, 1]));
     assert_eq!(serving(&sim.exit(a, Exit::Code(1))), Some(vec![1]));
     assert_eq!(serving(&sim.on(Event::Signal(TERM))), Some(vec![]));
+}
+
+// --- issue 12: stalls, parking, the final stop ------------------------------------------------
+
+#[test]
+fn a_serving_slot_whose_queue_does_not_shrink_is_taken_out_and_replaced() {
+    let mut s = settings(2);
+    s.stall_timeout = Some(Duration::from_secs(2));
+    let mut sim = Sim::new(s);
+    let b = sim.occupant(1);
+    // Samples are asked for while slots serve.
+    let fx = sim.advance(MS(500));
+    assert!(fx.contains(&Effect::SampleQueues), "{fx:?}");
+    // Slot 0 works through its queue; slot 1's only grows.
+    let mut fx = Vec::new();
+    for (t, q0, q1) in [
+        (0, 5, 3),
+        (500, 2, 4),
+        (1000, 6, 4),
+        (1500, 1, 9),
+        (2000, 4, 9),
+    ] {
+        sim.now += MS(if t == 0 { 0 } else { 500 });
+        fx = sim.on(Event::Queues(vec![(0, q0), (1, q1)]));
+        if t < 2000 {
+            assert!(signals(&fx).is_empty(), "at {t} ms: {fx:?}");
+        }
+    }
+    assert_eq!(signals(&fx), vec![(b, TERM)]);
+    assert!(reports(&fx).iter().any(|r| matches!(
+        r,
+        Report::Stalled {
+            slot: 1,
+            queued: 9,
+            ..
+        }
+    )));
+    // Out of steering at once, and a successor comes after the (reset) backoff.
+    assert_eq!(sim.pool.serving(), [0]);
+    let fx = sim.run_for(MS(300));
+    assert_eq!(spawns(&fx), vec![1]);
+    let fx = sim.exit(b, Exit::Signal(KILL));
+    assert_eq!(exits(&fx)[0], (ExitReason::Stalled, Then::Gone));
+}
+
+#[test]
+fn an_empty_or_moving_queue_is_never_a_stall() {
+    let mut s = settings(1);
+    s.stall_timeout = Some(Duration::from_secs(1));
+    let mut sim = Sim::new(s);
+    for i in 0..40u32 {
+        sim.now += MS(250);
+        // Busy but accepting: the length dips now and then.
+        let fx = sim.on(Event::Queues(vec![(
+            0,
+            if i % 3 == 0 { 0 } else { 50 + i },
+        )]));
+        assert!(signals(&fx).is_empty(), "{fx:?}");
+    }
+}
+
+#[test]
+fn with_tcp_migrate_req_a_slot_down_for_long_closes_its_socket() {
+    let mut s = settings(2);
+    s.migrate = true;
+    let mut sim = Sim::new(s);
+    let b = sim.occupant(1);
+    // The first failure waits no longer than the first backoff: nothing to move.
+    let fx = sim.exit(b, Exit::Code(1));
+    assert!(!fx.contains(&Effect::Park(1)));
+    sim.run_for(MS(300));
+    let b = sim.occupant(1);
+    let fx = sim.exit(b, Exit::Code(1));
+    if restart_delay(&fx) > MS(250) {
+        assert!(fx.contains(&Effect::Park(1)), "{fx:?}");
+    }
+    sim.run_for(MS(600));
+    let b = sim.occupant(1);
+    let fx = sim.exit(b, Exit::Code(1));
+    assert!(fx.contains(&Effect::Park(1)), "{fx:?}");
+}
+
+#[test]
+fn the_pool_stop_closes_the_listeners_but_a_reload_does_not() {
+    let mut sim = Sim::new(settings(1));
+    let fx = sim.on(Event::Signal(libc::SIGHUP));
+    assert!(!fx.contains(&Effect::CloseListeners));
+    let fx = sim.on(Event::Signal(TERM));
+    assert!(fx.contains(&Effect::CloseListeners));
 }
