@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::backoff;
+use crate::budget;
 use crate::cli::{Cli, HupAction, ReadyMode, RestartPolicy, Sig, WorkerSpec};
 use crate::cpu::{self, CpuBudget};
 use crate::listen::{self, Listeners};
@@ -39,6 +40,10 @@ pub struct Config {
     pub trace_command_args: bool,
     /// `--stall-timeout`; None when off (0).
     pub stall_timeout: Option<Duration>,
+    /// How often a `max` pool reads its budget again; None: only at start.
+    pub budget_interval: Option<Duration>,
+    /// The budget's files, for those reads.
+    pub watch: Option<budget::Watch>,
 }
 
 /// Why the plan could not be made: a usage error (exit 2) or a command that cannot run.
@@ -71,6 +76,7 @@ impl Config {
                 .map(|cap| (cap, self.memory_check_interval)),
             hup: self.hup,
             stall_timeout: self.stall_timeout,
+            budget_interval: self.budget_interval,
             migrate: self.listeners.has_per_slot_sockets()
                 && crate::listen::tcp_migrate_req() == Some(true),
             seed,
@@ -79,15 +85,23 @@ impl Config {
 
     /// Resolves the plan. With `bind` false (dry run) no socket is opened.
     pub fn from_cli(cli: &Cli, bind: bool) -> Result<(Config, serde_json::Value), PlanError> {
-        let affinity = cpu::sched_affinity();
-        let budget = match cli.cpus.or(cli.cpu_millis) {
-            Some(cpus) => cpu::explicit(cpus, affinity),
-            None => cpu::detect(Path::new("/"), affinity),
+        let minus = match cli.workers {
+            WorkerSpec::Max { minus } => minus,
+            WorkerSpec::Count(_) => 0,
         };
-        for w in &budget.warnings {
+        let rule = budget::Rule {
+            rounding: cli.cpu_round,
+            minus,
+            worker_memory: cli.worker_memory,
+            reserve: cli.memory_reserve,
+        };
+        let (watch, sized) =
+            budget::Watch::start(Path::new("/"), rule, cli.cpus.or(cli.cpu_millis));
+        for w in &sized.cpu.warnings {
             tracing::warn!("CPU budget: {w}");
         }
-        let max = cpu::workers_for(budget.budget, cli.cpu_round, 0);
+        let budget = sized.cpu.clone();
+        let max = sized.cpu_max;
         let (workers, sizing) = match cli.workers {
             WorkerSpec::Count(n) => (
                 n,
@@ -96,20 +110,14 @@ impl Config {
                     budget.budget
                 ),
             ),
-            WorkerSpec::Max { minus } => {
-                let n = cpu::workers_for(budget.budget, cli.cpu_round, minus)
-                    .min(crate::pool::MAX_WORKERS);
-                let minus = if minus > 0 {
-                    format!(" minus {minus}")
-                } else {
-                    String::new()
-                };
-                (
-                    n,
-                    format!("workers={n}: {}{minus}", budget.explain(cli.cpu_round)),
-                )
-            }
+            WorkerSpec::Max { .. } => (
+                sized.max,
+                format!("workers={}: {}", sized.max, sized.explain(rule)),
+            ),
         };
+        // Only a `max` pool follows its budget; `--workers N` means N.
+        let live = matches!(cli.workers, WorkerSpec::Max { .. }) && !cli.budget_interval.is_zero();
+        let budget_interval = live.then_some(cli.budget_interval);
         let program = Program::resolve(&cli.command, std::env::var_os("PATH").as_deref())
             .map_err(PlanError::CannotRun)?;
 
@@ -146,6 +154,8 @@ impl Config {
             "workers_spec": cli.workers.to_string(),
             "command": program.argv_lossy(),
             "cpu": budget.to_json(cli.cpu_round, max),
+            "memory": sized.memory_json(rule),
+            "budget_interval_ms": budget_interval.map(|d| d.as_millis() as u64),
             "restart": cli.restart.as_str(),
             "stop_signal": cli.stop_signal.name(),
             "stop_timeout_ms": cli.stop_timeout.as_millis() as u64,
@@ -192,6 +202,8 @@ impl Config {
             watchdog: cli.watchdog.filter(|d| !d.is_zero()),
             trace_command_args: cli.trace_command_args,
             stall_timeout: (!cli.stall_timeout.is_zero()).then_some(cli.stall_timeout),
+            budget_interval,
+            watch: budget_interval.map(|_| watch),
         };
         Ok((cfg, plan))
     }

@@ -122,6 +122,21 @@ pub fn sched_affinity() -> Option<u32> {
 
 /// Detects the budget from the files under `root` ("/" in production).
 pub fn detect(root: &Path, sched_affinity: Option<u32>) -> CpuBudget {
+    let (places, warnings) = locate(root);
+    places.measure(root, sched_affinity, warnings)
+}
+
+/// Where this process's CPU limits are: the cgroup directories (v1 cpu controller, v2 unified)
+/// found once through mountinfo, so that the budget can be read again while the pool runs
+/// (an in-place resize rewrites the quota files) without parsing mountinfo again.
+#[derive(Clone, Debug, Default)]
+pub struct Places {
+    v1: Option<Place>,
+    v2: Option<Place>,
+}
+
+/// Finds the places, with the warnings that came up on the way.
+pub fn locate(root: &Path) -> (Places, Vec<String>) {
     let mut host = Host {
         root,
         warnings: Vec::new(),
@@ -133,37 +148,77 @@ pub fn detect(root: &Path, sched_affinity: Option<u32>) -> CpuBudget {
     let v2 = layout
         .as_ref()
         .and_then(|l| host.locate(l, CgroupVersion::V2, "cpu"));
-    // The kernel already narrows the affinity mask to the cpuset; the file still matters when
-    // sched_getaffinity failed, and it is what a fixture can control.
-    let cpuset = v2.as_ref().and_then(|place| host.cpuset(place));
-    let affinity = match (Affinity::sched(sched_affinity), cpuset) {
-        (Some(mask), Some(set)) => Some(if set.cpus < mask.cpus { set } else { mask }),
-        (mask, set) => mask.or(set),
-    };
-    // On a hybrid host the cpu controller sits in v1 and the v2 tree has no cpu.max files, so
-    // reading both and keeping the tighter needs no guess about which one is in charge.
-    let v1 = v1.and_then(|place| host.quota(&place, CgroupVersion::V1));
-    let v2 = v2.and_then(|place| host.quota(&place, CgroupVersion::V2));
-    let quota = tighter(v1, v2);
+    (Places { v1, v2 }, host.warnings)
+}
 
-    let (budget, bounded_by) = match (&affinity, &quota) {
-        (Some(a), Some(q)) if q.cpus < a.cpus => (q.cpus, Bound::Quota),
-        (Some(a), _) => (a.cpus, Bound::Affinity),
-        (None, Some(q)) => (q.cpus, Bound::Quota),
-        (None, None) => {
-            host.warnings
-                .push("no affinity mask and no cgroup quota found: assuming 1 CPU".into());
-            (1.0, Bound::Affinity)
+impl Places {
+    /// Reads the budget from the places' files (a handful of small files under `root`).
+    /// `warnings` start the budget's list.
+    pub fn measure(
+        &self,
+        root: &Path,
+        sched_affinity: Option<u32>,
+        warnings: Vec<String>,
+    ) -> CpuBudget {
+        let mut host = Host { root, warnings };
+        // The kernel already narrows the affinity mask to the cpuset; the file still matters
+        // when sched_getaffinity failed, and it is what a fixture can control.
+        let cpuset = self.v2.as_ref().and_then(|place| host.cpuset(place));
+        let affinity = match (Affinity::sched(sched_affinity), cpuset) {
+            (Some(mask), Some(set)) => Some(if set.cpus < mask.cpus { set } else { mask }),
+            (mask, set) => mask.or(set),
+        };
+        // On a hybrid host the cpu controller sits in v1 and the v2 tree has no cpu.max files,
+        // so reading both and keeping the tighter needs no guess about which one is in charge.
+        let v1 = self
+            .v1
+            .as_ref()
+            .and_then(|place| host.quota(place, CgroupVersion::V1));
+        let v2 = self
+            .v2
+            .as_ref()
+            .and_then(|place| host.quota(place, CgroupVersion::V2));
+        let quota = tighter(v1, v2);
+
+        let (budget, bounded_by) = match (&affinity, &quota) {
+            (Some(a), Some(q)) if q.cpus < a.cpus => (q.cpus, Bound::Quota),
+            (Some(a), _) => (a.cpus, Bound::Affinity),
+            (None, Some(q)) => (q.cpus, Bound::Quota),
+            (None, None) => {
+                host.warnings
+                    .push("no affinity mask and no cgroup quota found: assuming 1 CPU".into());
+                (1.0, Bound::Affinity)
+            }
+        };
+        CpuBudget {
+            affinity,
+            quota,
+            explicit: None,
+            budget,
+            bounded_by,
+            warnings: host.warnings,
         }
-    };
-    CpuBudget {
-        affinity,
-        quota,
-        explicit: None,
-        budget,
-        bounded_by,
-        warnings: host.warnings,
     }
+}
+
+/// Every directory of this process's cgroup of one hierarchy, the leaf first, up to the root
+/// of its mount (found as [`cgroup_dir`] finds the leaf): where the limits of a controller that
+/// caps children by its ancestors' limits (memory) are read.
+pub fn cgroup_dirs(root: &Path, version: CgroupVersion, controller: &str) -> Vec<PathBuf> {
+    let mut host = Host {
+        root,
+        warnings: Vec::new(),
+    };
+    let Some(layout) = host.layout() else {
+        return Vec::new();
+    };
+    let Some(place) = host.locate(&layout, version, controller) else {
+        return Vec::new();
+    };
+    place
+        .dirs()
+        .map(|d| root.join(d.strip_prefix("/").unwrap_or(d)))
+        .collect()
 }
 
 /// Where this process's cgroup shows in the filesystem (as seen from `root`, "/" in production),
@@ -347,6 +402,7 @@ struct Layout {
 
 /// A cgroup directory and the mount point its ancestor walk stops at: nothing above a mount's
 /// root is visible through it.
+#[derive(Clone, Debug)]
 struct Place {
     leaf: PathBuf,
     top: PathBuf,

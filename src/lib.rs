@@ -6,6 +6,7 @@
 //! - `cli`: options, their `CLUSTER_INIT_*` env names, parsers of outside strings
 //! - `config`: the plan resolved from the command line and the machine; its `--dry-run` form
 //! - `cpu`: the CPU budget (affinity, cgroup v1/v2 quotas) that sizes `--workers max`
+//! - `budget`: what `max` means now: the CPU and memory budget, read at start and while it runs
 //! - `listen`: the listening sockets the init binds and hands to workers (LISTEN_FDS)
 //! - `machine`: what PID 1 of a whole machine (a VM, not a container) must do at the end
 //! - `pool`: the pure core: every slot's state and the one transition function that changes it
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod cpu;

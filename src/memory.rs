@@ -182,6 +182,55 @@ pub fn oom_kills(file: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The tightest memory limit over this process's cgroup and its ancestors, and the file that
+/// set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub bytes: u64,
+    pub file: PathBuf,
+}
+
+/// The files a memory limit can be in, found once (as the CPU quota's are, mount roots
+/// translated): v2 `memory.max` and v1 `memory.limit_in_bytes` of the cgroup and every ancestor.
+pub fn limit_files(root: &Path) -> Vec<PathBuf> {
+    let v2 = cpu::cgroup_dirs(root, CgroupVersion::V2, "")
+        .into_iter()
+        .map(|d| d.join("memory.max"));
+    let v1 = cpu::cgroup_dirs(root, CgroupVersion::V1, "memory")
+        .into_iter()
+        .map(|d| d.join("memory.limit_in_bytes"));
+    v2.chain(v1).filter(|f| f.exists()).collect()
+}
+
+/// Reads `files`: the tightest limit, None when none is set. A file that cannot be read or
+/// parsed is an error naming it (the caller keeps what it had).
+pub fn read_limit(files: &[PathBuf]) -> Result<Option<Limit>, String> {
+    // v1 spells "no limit" as the largest page-aligned i64; anything this big is no limit.
+    const UNLIMITED: u64 = 1 << 62;
+    let mut best: Option<Limit> = None;
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+        let text = text.trim();
+        if text == "max" {
+            continue;
+        }
+        let bytes: u64 = text
+            .parse()
+            .map_err(|_| format!("{}: malformed limit {text:?}", file.display()))?;
+        if bytes >= UNLIMITED {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| bytes < b.bytes) {
+            best = Some(Limit {
+                bytes,
+                file: file.clone(),
+            });
+        }
+    }
+    Ok(best)
+}
+
 /// With cgroup v2 `memory.oom.group` = 1, one OOM kill takes the whole container down, which
 /// defeats restarting just the worker that grew: worth a warning at start.
 pub fn oom_group_enabled(root: &Path) -> Option<PathBuf> {
@@ -230,6 +279,26 @@ mod tests {
         let path = root.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn the_tightest_memory_limit_over_the_ancestors_wins() {
+        let dir = fixture(
+            "41 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n",
+            "0::/pod/app\n",
+        );
+        let r = dir.path();
+        write(r, "sys/fs/cgroup/pod/memory.max", "419430400\n");
+        write(r, "sys/fs/cgroup/pod/app/memory.max", "max\n");
+        let files = limit_files(r);
+        assert_eq!(files.len(), 2, "{files:?}");
+        let limit = read_limit(&files).unwrap().expect("a limit");
+        assert_eq!(limit.bytes, 400 << 20);
+        assert!(limit.file.ends_with("pod/memory.max"));
+        write(r, "sys/fs/cgroup/pod/memory.max", "max\n");
+        assert_eq!(read_limit(&files), Ok(None));
+        write(r, "sys/fs/cgroup/pod/memory.max", "lots\n");
+        assert!(read_limit(&files).unwrap_err().contains("malformed"));
     }
 
     #[test]

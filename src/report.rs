@@ -331,18 +331,32 @@ impl Reporter {
                 to,
                 why,
                 lives,
+                detail,
             } => {
-                info!(
-                    cluster_init.pool.from = from,
-                    cluster_init.pool.to = to,
-                    "{}: scaling {from} -> {to}",
-                    scale_why(why)
-                );
+                let reason = match why {
+                    ScaleWhy::Budget => "budget",
+                    _ => "manual",
+                };
+                match detail {
+                    Some(detail) => info!(
+                        cluster_init.pool.from = from,
+                        cluster_init.pool.to = to,
+                        cluster_init.scale.reason = reason,
+                        "budget changed: {detail}: scaling {from} -> {to}"
+                    ),
+                    None => info!(
+                        cluster_init.pool.from = from,
+                        cluster_init.pool.to = to,
+                        cluster_init.scale.reason = reason,
+                        "{}: scaling {from} -> {to}",
+                        scale_why(why)
+                    ),
+                }
                 let links: Vec<LifeLink> = lives
                     .iter()
                     .filter_map(|p| self.lives.get(p).and_then(WorkerLife::link))
                     .collect();
-                self.telemetry.scale(from, to, links);
+                self.telemetry.scale(from, to, reason, links);
             }
             Report::ScaleRefused { why, reason } => {
                 warn!("{}: not scaling: {reason}", scale_why(why))
@@ -502,6 +516,7 @@ fn scale_why(why: ScaleWhy) -> String {
     match why {
         ScaleWhy::Signal(n) => signal_name(n),
         ScaleWhy::Command => "ctl scale".to_string(),
+        ScaleWhy::Budget => "budget".to_string(),
     }
 }
 

@@ -118,6 +118,10 @@ struct Supervisor {
     status_tx: watch::Sender<PoolStatus>,
     published: Option<u64>,
     steering: Steering,
+    /// The CPU budget last read (for `/metrics` and `/status`).
+    cpu_budget: f64,
+    /// The last failure to read the budget, warned about once.
+    budget_warning: Option<String>,
     /// Steering programs attached so far (one per reuseport address per change of the serving
     /// slots), shown in `/status`.
     steering_updates: u64,
@@ -160,6 +164,8 @@ impl Supervisor {
                 Steering::Off("no socket per slot (shared or unix listeners, or none)")
             },
             steering_updates: 0,
+            cpu_budget: cfg.cpu.budget,
+            budget_warning: None,
             start: now,
             start_wall: SystemTime::now(),
             cfg,
@@ -299,6 +305,7 @@ impl Supervisor {
                 None
             }
             Effect::SampleQueues => Some(Event::Queues(self.slot_queues())),
+            Effect::ReadBudget => self.read_budget(),
             Effect::Park(slot) => {
                 self.cfg.listeners.close_slot(slot as usize);
                 None
@@ -334,6 +341,33 @@ impl Supervisor {
             Err(e) => {
                 warn!("{e}: new connections are spread over every slot, whether its worker serves or not");
                 self.steering = Steering::Off("the kernel refused the program");
+            }
+        }
+    }
+
+    /// Reads the budget again: what `max` means now, for the pool to decide on. A file that
+    /// cannot be read is one warning, and the pool keeps its size.
+    fn read_budget(&mut self) -> Option<Event> {
+        let watch = self.cfg.watch.as_ref()?;
+        match watch.read() {
+            Ok(sizing) => {
+                self.budget_warning = None;
+                if sizing.cpu.budget != self.cpu_budget {
+                    self.cpu_budget = sizing.cpu.budget;
+                    self.published = None;
+                }
+                let detail = sizing.explain(watch.rule());
+                Some(Event::Budget {
+                    max: sizing.max,
+                    detail,
+                })
+            }
+            Err(e) => {
+                if self.budget_warning.as_deref() != Some(e.as_str()) {
+                    warn!("cannot read the budget: {e}; the pool keeps its size");
+                    self.budget_warning = Some(e);
+                }
+                None
             }
         }
     }
@@ -634,7 +668,7 @@ impl Supervisor {
         workers.sort_by_key(|w| (w.slot, w.started_at));
         let exits = self.pool.exits().map(|(r, n)| (r.as_str(), n)).collect();
         let pool = &self.pool;
-        let budget = self.cfg.cpu.budget;
+        let budget = self.cpu_budget;
         let start_wall = self.start_wall;
         let steering = self.steering.describe();
         let steering_updates = self.steering_updates;

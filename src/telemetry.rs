@@ -484,8 +484,9 @@ impl Telemetry {
         }
     }
 
-    /// The pool changed size: a `pool.scale` span linked to the lives it stopped.
-    pub fn scale(&mut self, from: u32, to: u32, lives: Vec<LifeLink>) {
+    /// The pool changed size: a `pool.scale` span linked to the lives it stopped, with the
+    /// reason (`manual`, `budget`).
+    pub fn scale(&mut self, from: u32, to: u32, reason: &str, lives: Vec<LifeLink>) {
         if self.export.is_some() {
             shielded(|| {
                 let span = tracing::span!(
@@ -494,7 +495,8 @@ impl Telemetry {
                     Level::INFO,
                     "pool.scale",
                     cluster_init.pool.from = i64::from(from),
-                    cluster_init.pool.to = i64::from(to)
+                    cluster_init.pool.to = i64::from(to),
+                    cluster_init.scale.reason = reason
                 );
                 link_all(&span, lives);
                 end(span);

@@ -85,6 +85,8 @@ pub struct Settings {
     /// `--stall-timeout`: a serving slot whose accept queue is non-empty and has not shrunk
     /// for this long has a hung worker.
     pub stall_timeout: Option<Duration>,
+    /// How often a `max` pool reads its budget again (None: only at start, or a fixed size).
+    pub budget_interval: Option<Duration>,
     /// `net.ipv4.tcp_migrate_req` is 1 and slots have sockets of their own: a slot that stays
     /// down closes its socket so the kernel moves its queued connections to live slots.
     pub migrate: bool,
@@ -145,6 +147,9 @@ impl StopWhy {
 /// Where a stop order stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopStage {
+    /// Out of steering, still serving what already reached it; the stop signal at `signal_at`
+    /// (a removed slot's worker, so that connections queued on its socket are taken first).
+    Draining { signal_at: Instant },
     /// The stop signal went out; SIGKILL at `kill_at`.
     Signalled { kill_at: Instant },
     /// SIGKILL went out.
@@ -325,6 +330,11 @@ pub enum Event {
     Memory(Vec<(i32, u64)>),
     /// Connections waiting in each slot's accept queue(s), as asked by [`Effect::SampleQueues`].
     Queues(Vec<(u32, u32)>),
+    /// What `max` means now, as asked by [`Effect::ReadBudget`]; `detail` says why, for the log.
+    Budget {
+        max: u32,
+        detail: String,
+    },
 }
 
 /// What the supervisor is asked to do.
@@ -346,6 +356,8 @@ pub enum Effect {
     Serving(Vec<u32>),
     /// Read every slot's accept queue; answer with `Queues`.
     SampleQueues,
+    /// Read the CPU and memory budget again; answer with `Budget` (or nothing, if unreadable).
+    ReadBudget,
     /// The slot stays down a while: its own socket can be closed (queued connections then move
     /// to live slots, `tcp_migrate_req`); its next start binds a new one.
     Park(u32),
@@ -387,6 +399,8 @@ pub enum StopCause {
 pub enum ScaleWhy {
     Signal(i32),
     Command,
+    /// The CPU or memory budget changed (an in-place resize).
+    Budget,
 }
 
 /// Facts for logs, spans and events; the wording lives with the reporter, not here.
@@ -464,6 +478,8 @@ pub enum Report {
         to: u32,
         why: ScaleWhy,
         lives: Vec<i32>,
+        /// For a budget change: what the budget is now and why.
+        detail: Option<String>,
     },
     ScaleRefused {
         why: ScaleWhy,
@@ -556,6 +572,10 @@ pub struct Pool {
     oom_kills: Option<u64>,
     next_memory_check: Option<Instant>,
     next_queue_sample: Option<Instant>,
+    next_budget_read: Option<Instant>,
+    /// The last `max` the budget gave, and a different one seen once (applied when seen twice).
+    budget_max: u32,
+    budget_seen: Option<u32>,
     launches_left: usize,
     restarts_total: u64,
     exits: [u64; ExitReason::ALL.len()],
@@ -576,6 +596,9 @@ impl Pool {
             next_queue_sample: settings
                 .stall_timeout
                 .map(|d| now + queue_sample_interval(d)),
+            next_budget_read: settings.budget_interval.map(|d| now + d),
+            budget_max: settings.workers.clamp(1, MAX_WORKERS),
+            budget_seen: None,
             s: settings,
             slots,
             leaving: Vec::new(),
@@ -616,6 +639,7 @@ impl Pool {
             Event::Command(c) => self.command(c, now),
             Event::Memory(used) => self.memory_measured(&used, now),
             Event::Queues(queues) => self.queues_sampled(&queues, now),
+            Event::Budget { max, detail } => self.budget_read(max, detail, now),
         }
         self.settle(now);
         std::mem::take(&mut self.out)
@@ -663,6 +687,9 @@ impl Pool {
                 consider(at);
             }
             if let Some(at) = self.next_queue_sample.filter(|_| !self.serving.is_empty()) {
+                consider(at);
+            }
+            if let Some(at) = self.next_budget_read {
                 consider(at);
             }
             if let Some(at) = self.give_up_at() {
@@ -901,6 +928,12 @@ impl Pool {
             if self.next_memory_check.is_some_and(|at| at <= now) {
                 self.check_memory(now);
             }
+            if let Some(every) = self.s.budget_interval {
+                if self.next_budget_read.is_some_and(|at| at <= now) {
+                    self.next_budget_read = Some(now + every);
+                    self.out.push(Effect::ReadBudget);
+                }
+            }
             if let Some(d) = self.s.stall_timeout {
                 if self.next_queue_sample.is_some_and(|at| at <= now) {
                     self.next_queue_sample = Some(now + queue_sample_interval(d));
@@ -919,8 +952,17 @@ impl Pool {
         }
     }
 
-    /// SIGKILL to every worker and group whose stop timeout has passed.
+    /// SIGKILL to every worker and group whose stop timeout has passed; the stop signal to
+    /// draining workers whose time has come.
     fn kill_overdue(&mut self, now: Instant) {
+        for j in 0..self.leaving.len() {
+            if let StopStage::Draining { signal_at } = self.leaving[j].1.stage {
+                if signal_at <= now {
+                    let (w, why) = (self.leaving[j].0.clone(), self.leaving[j].1.why);
+                    self.leaving[j].1 = self.signal_stop(&w, why, self.s.stop_signal, now);
+                }
+            }
+        }
         let due =
             |stop: &Stop| matches!(stop.stage, StopStage::Signalled { kill_at } if kill_at <= now);
         for i in 0..self.slots.len() {
@@ -1355,7 +1397,7 @@ impl Pool {
         let kill_at = match stop.map(|s| s.stage) {
             Some(StopStage::Signalled { kill_at }) => Some(kill_at),
             Some(StopStage::Killed) => None,
-            None => {
+            None | Some(StopStage::Draining { .. }) => {
                 self.signal_group(w.pid, self.s.stop_signal);
                 Some(now + self.s.stop_timeout)
             }
@@ -1640,9 +1682,18 @@ impl Pool {
             }
         }
         // Whatever they were stopped for before, they now end with the pool.
-        for (_, stop) in &mut self.leaving {
-            if let StopStage::Signalled { kill_at } = &mut stop.stage {
-                *kill_at = (*kill_at).min(deadline);
+        for j in 0..self.leaving.len() {
+            match self.leaving[j].1.stage {
+                StopStage::Signalled { kill_at } => {
+                    self.leaving[j].1.stage = StopStage::Signalled {
+                        kill_at: kill_at.min(deadline),
+                    }
+                }
+                StopStage::Draining { .. } => {
+                    let (w, why) = (self.leaving[j].0.clone(), self.leaving[j].1.why);
+                    self.leaving[j].1 = self.signal_stop(&w, why, self.s.stop_signal, now);
+                }
+                StopStage::Killed => {}
             }
         }
         for d in &mut self.draining {
@@ -1784,8 +1835,10 @@ fn queue_sample_interval(stall: Duration) -> Duration {
 }
 
 fn kill_deadline(stop: &Stop, consider: &mut impl FnMut(Instant)) {
-    if let StopStage::Signalled { kill_at } = stop.stage {
-        consider(kill_at);
+    match stop.stage {
+        StopStage::Signalled { kill_at } => consider(kill_at),
+        StopStage::Draining { signal_at } => consider(signal_at),
+        StopStage::Killed => {}
     }
 }
 

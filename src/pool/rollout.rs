@@ -11,8 +11,13 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{
-    new_slot, Effect, ExitReason, Pool, Replace, Report, ScaleWhy, SlotState, StopWhy, MAX_WORKERS,
+    new_slot, Effect, ExitReason, Pool, Replace, Report, ScaleWhy, SlotState, Stop, StopStage,
+    StopWhy, MAX_WORKERS,
 };
+
+/// How long a removed slot's worker keeps serving, out of steering, before its stop signal: the
+/// connections already queued on its socket are accepted first.
+pub(crate) const DRAIN_BEFORE_STOP: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 pub(super) struct Rollout {
@@ -157,6 +162,27 @@ impl Pool {
     /// Grows or shrinks the pool to `to` slots: new slots start at once; removed ones (the
     /// highest first) leave gracefully and their sockets are closed.
     pub(super) fn scale_to(&mut self, to: u32, why: ScaleWhy, now: Instant) {
+        self.scale(to, why, None, now);
+    }
+
+    /// A new budget: `max` is applied once two reads in a row agree on it (a budget that flaps
+    /// around a rounding edge never churns workers). A manual scale stays until the budget
+    /// changes again: only a change of the budget's own `max` resizes the pool.
+    pub(super) fn budget_read(&mut self, max: u32, detail: String, now: Instant) {
+        if max == self.budget_max {
+            self.budget_seen = None;
+            return;
+        }
+        if self.budget_seen != Some(max) {
+            self.budget_seen = Some(max);
+            return;
+        }
+        self.budget_seen = None;
+        self.budget_max = max;
+        self.scale(max, ScaleWhy::Budget, Some(detail), now);
+    }
+
+    fn scale(&mut self, to: u32, why: ScaleWhy, detail: Option<String>, now: Instant) {
         let from = self.slots.len() as u32;
         let refuse = if self.stopping() {
             Some("the pool is stopping")
@@ -200,7 +226,16 @@ impl Pool {
                 SlotState::Waiting { .. } | SlotState::Launching | SlotState::Ended => vec![],
             };
             for w in workers {
-                self.leave(w, StopWhy::ScaledDown, now);
+                // Out of steering at once; the stop signal once what reached it is taken.
+                self.leaving.push((
+                    w,
+                    Stop {
+                        why: StopWhy::ScaledDown,
+                        stage: StopStage::Draining {
+                            signal_at: now + DRAIN_BEFORE_STOP,
+                        },
+                    },
+                ));
             }
             self.out.push(Effect::CloseSlot(id));
         }
@@ -210,6 +245,7 @@ impl Pool {
             to,
             why,
             lives,
+            detail,
         });
     }
 }

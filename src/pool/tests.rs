@@ -29,6 +29,7 @@ fn settings(workers: u32) -> Settings {
         memory_cap: None,
         hup: HupAction::Reload,
         stall_timeout: None,
+        budget_interval: None,
         migrate: false,
         seed: 7,
     }
@@ -669,8 +670,12 @@ fn scaling_down_then_up_never_runs_two_workers_on_one_slot() {
     let mut sim = Sim::new(settings(2));
     let b = sim.occupant(1);
     let fx = sim.on(Event::Signal(libc::SIGTTOU));
-    assert_eq!(signals(&fx), vec![(b, TERM)]);
     assert!(fx.contains(&Effect::CloseSlot(1)));
+    // Out of steering at once; the stop signal once what reached it had a moment to be taken.
+    assert!(signals(&fx).is_empty());
+    assert_eq!(sim.pool.serving(), [0]);
+    let fx = sim.run_for(rollout::DRAIN_BEFORE_STOP);
+    assert_eq!(signals(&fx), vec![(b, TERM)]);
     let fx = sim.on(Event::Signal(libc::SIGTTIN));
     assert_eq!(spawns(&fx), vec![1]);
     let b2 = sim.occupant(1);
@@ -956,4 +961,81 @@ fn the_pool_stop_closes_the_listeners_but_a_reload_does_not() {
     assert!(!fx.contains(&Effect::CloseListeners));
     let fx = sim.on(Event::Signal(TERM));
     assert!(fx.contains(&Effect::CloseListeners));
+}
+
+// --- issue 14: the budget while the pool runs ---------------------------------------------------
+
+fn budget(sim: &mut Sim, max: u32) -> Vec<Effect> {
+    sim.on(Event::Budget {
+        max,
+        detail: format!("{max} CPUs"),
+    })
+}
+
+#[test]
+fn a_new_budget_resizes_the_pool_once_two_reads_agree() {
+    let mut s = settings(1);
+    s.budget_interval = Some(Duration::from_secs(5));
+    let mut sim = Sim::new(s);
+    let fx = sim.advance(Duration::from_secs(5));
+    assert!(fx.contains(&Effect::ReadBudget));
+    assert!(
+        spawns(&budget(&mut sim, 3)).is_empty(),
+        "one read is not enough"
+    );
+    let fx = budget(&mut sim, 3);
+    assert_eq!(spawns(&fx), vec![1, 2]);
+    assert!(reports(&fx).iter().any(|r| matches!(
+        r,
+        Report::Scaled {
+            from: 1,
+            to: 3,
+            why: ScaleWhy::Budget,
+            detail: Some(_),
+            ..
+        }
+    )));
+    // Down to 2: the highest slot leaves gracefully.
+    budget(&mut sim, 2);
+    let fx = budget(&mut sim, 2);
+    assert!(fx.contains(&Effect::CloseSlot(2)));
+    assert_eq!(sim.pool.slots().len(), 2);
+}
+
+#[test]
+fn a_budget_flapping_around_an_edge_never_churns_workers() {
+    let mut s = settings(2);
+    s.budget_interval = Some(Duration::from_secs(1));
+    let mut sim = Sim::new(s);
+    for i in 0..20 {
+        let fx = budget(&mut sim, if i % 2 == 0 { 1 } else { 2 });
+        assert!(spawns(&fx).is_empty() && !fx.iter().any(|e| matches!(e, Effect::CloseSlot(_))));
+    }
+    assert_eq!(sim.pool.slots().len(), 2);
+}
+
+#[test]
+fn a_manual_scale_holds_until_the_budget_changes_again() {
+    let mut s = settings(2);
+    s.budget_interval = Some(Duration::from_secs(1));
+    let mut sim = Sim::new(s);
+    sim.on(Event::Signal(libc::SIGTTIN));
+    assert_eq!(sim.pool.slots().len(), 3);
+    // The budget still says 2: nothing changes, the manual size holds.
+    for _ in 0..4 {
+        budget(&mut sim, 2);
+    }
+    assert_eq!(sim.pool.slots().len(), 3);
+    // A new budget wins.
+    budget(&mut sim, 4);
+    budget(&mut sim, 4);
+    assert_eq!(sim.pool.slots().len(), 4);
+}
+
+#[test]
+fn without_a_budget_interval_the_budget_is_never_read() {
+    let mut s = settings(1);
+    s.give_up_after = None;
+    let sim = Sim::new(s);
+    assert_eq!(sim.pool.next_deadline(sim.now), None);
 }
