@@ -254,10 +254,42 @@ impl Supervisor {
         }
     }
 
-    fn answer(&self, ask: Ask) {
+    fn answer(&mut self, ask: Ask) {
         match ask {
             Ask::Pong(tx) => drop(tx.send(())),
             Ask::Queues(tx) => drop(tx.send(self.cfg.listeners.queues())),
+            Ask::Command(command, tx) => {
+                let answer = self.command(command);
+                drop(tx.send(answer));
+            }
+        }
+    }
+
+    /// A control command: what the pool made of it, in a line for the caller.
+    fn command(&mut self, command: pool::Command) -> Result<String, String> {
+        let from = self.pool.slots().len();
+        let stopping = self.pool.stopping();
+        let effects = self.pool.on(Event::Command(command), Instant::now());
+        let refused = effects.iter().find_map(|e| match e {
+            Effect::Report(pool::Report::ScaleRefused { reason, .. }) => Some(*reason),
+            _ => None,
+        });
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            if let Some(next) = self.carry_out(effect) {
+                queue.extend(self.pool.on(next, Instant::now()));
+            }
+        }
+        match (command, refused) {
+            (_, Some(reason)) => Err(reason.to_string()),
+            (pool::Command::Stop, _) if stopping => Ok("already stopping".into()),
+            (pool::Command::Stop, _) => Ok("stopping".into()),
+            (pool::Command::Reload, _) if stopping => Err("the pool is stopping".into()),
+            (pool::Command::Reload, _) => Ok(format!(
+                "reloading to generation {}",
+                self.pool.generation()
+            )),
+            (pool::Command::Scale(n), _) => Ok(format!("scaling {from} -> {n}")),
         }
     }
 
