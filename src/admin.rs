@@ -19,12 +19,13 @@
 //! asks for `/livez`, so an idle init keeps sleeping.
 //!
 //! The server runs on the supervisor's current-thread runtime, so every resource a client can
-//! hold is bounded: at most [`MAX_CONNECTIONS`] connections (later ones are closed at once), a
-//! request head must arrive within [`HEADER_READ_TIMEOUT`] (which also closes idle keep-alive
-//! connections), a head may not exceed [`MAX_BUF_SIZE`], and no connection lives longer than
-//! [`MAX_CONNECTION_LIFE`].
+//! hold is bounded, and a probe always gets through: each connection carries one request and is
+//! closed after its answer (no idle keep-alive); at most [`MAX_CONNECTIONS`] are open, and a new
+//! one beyond closes the oldest (an idle or trickling client, since a probe is answered at
+//! once); a request head must arrive within [`HEADER_READ_TIMEOUT`] and may not exceed
+//! [`MAX_BUF_SIZE`]; no connection lives longer than [`MAX_CONNECTION_LIFE`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io;
@@ -40,13 +41,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use crate::listen::Queue;
 
-/// Beyond this many open connections, new ones are closed as soon as they are accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Open connections at most; a new one beyond closes the oldest.
+pub const MAX_CONNECTIONS: usize = 128;
 /// A request head (and the next one on a keep-alive connection) must arrive within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read buffer per connection: our requests are a line and a few headers; hyper's minimum.
@@ -153,7 +155,10 @@ pub enum Ask {
     /// The accept queues of the listeners, read when scraped.
     Queues(oneshot::Sender<Vec<Queue>>),
     /// A control command (`cluster-init ctl`): the answer is what the pool made of it.
-    Command(crate::pool::Command, oneshot::Sender<Result<String, String>>),
+    Command(
+        crate::pool::Command,
+        oneshot::Sender<Result<String, String>>,
+    ),
 }
 
 /// Bounds on what clients may hold; a struct so tests can shrink them.
@@ -250,7 +255,10 @@ fn io_reason(e: &io::Error) -> String {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Open connections, oldest first. When they reach the limit, the oldest gives way: every
+    // request is answered in one round trip and its connection closed, so what holds a place
+    // for long is an idle or trickling client, never a probe, which always gets in.
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(v) => v,
@@ -260,29 +268,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limits: Limits)
                 continue;
             }
         };
-        // Refusing beats queueing: a queued connection would still hold a socket, and a
-        // scraper retries anyway.
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!(%peer, "admin endpoint: connection limit reached, closing");
-            drop(stream);
-            continue;
-        };
-        tokio::spawn(serve_connection(
-            stream,
-            Arc::clone(&shared),
-            limits,
-            permit,
-        ));
+        open.retain(|h| !h.is_finished());
+        if open.len() >= limits.max_connections {
+            if let Some(oldest) = open.pop_front() {
+                debug!(%peer, "admin endpoint: connection limit reached, closing the oldest");
+                oldest.abort();
+            }
+        }
+        let task = tokio::spawn(serve_connection(stream, Arc::clone(&shared), limits));
+        open.push_back(task.abort_handle());
     }
 }
 
-/// Serves one connection; the permit is held (and the slot taken) until it ends.
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    limits: Limits,
-    _permit: OwnedSemaphorePermit,
-) {
+/// Serves one request on one connection, then closes it.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, limits: Limits) {
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = Arc::clone(&shared);
         async move { Ok::<_, Infallible>(respond(&req, &shared).await) }
@@ -292,7 +291,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_BUF_SIZE)
-        .keep_alive(true)
+        // Answer and close: an idle keep-alive client holds nothing of ours.
+        .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -721,6 +721,7 @@ mod tests {
                 match ask {
                     Ask::Pong(tx) => drop(tx.send(())),
                     Ask::Queues(tx) => drop(tx.send(sample_queues())),
+                    Ask::Command(_, tx) => drop(tx.send(Err("no pool in this test".into()))),
                 }
             }
         });
@@ -1129,56 +1130,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_cap_are_closed_at_once() {
+    async fn at_the_cap_the_oldest_connection_gives_way_to_a_probe() {
         let fx = start(Limits {
             max_connections: 2,
             ..Limits::default()
         });
         answer_pings(fx.pings);
-        let _a = TcpStream::connect(fx.addr).await.expect("connect");
+        let mut a = TcpStream::connect(fx.addr).await.expect("connect");
         let _b = TcpStream::connect(fx.addr).await.expect("connect");
-        let mut c = TcpStream::connect(fx.addr).await.expect("connect");
+        // Let the server take both before the probe comes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let r = request(fx.addr, "GET", "/livez").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        // The oldest, idle, was closed to make room.
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+        let n = tokio::time::timeout(Duration::from_secs(2), a.read(&mut buf))
             .await
             .expect("closed in time");
         assert!(
             matches!(n, Ok(0) | Err(_)),
-            "third connection closed: {n:?}"
+            "oldest connection closed: {n:?}"
         );
-        drop((_a, _b));
-        // Slots come back once the holders leave.
-        let t = Instant::now();
-        loop {
-            let mut s = TcpStream::connect(fx.addr).await.expect("connect");
-            s.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                .await
-                .expect("write");
-            let mut raw = Vec::new();
-            let _ = s.read_to_end(&mut raw).await;
-            if raw.starts_with(b"HTTP/1.1 200") {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(2), "slots never freed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     #[tokio::test]
-    async fn keep_alive_serves_several_requests_on_one_connection() {
+    async fn every_answer_closes_its_connection() {
         let fx = start(Limits::default());
         let mut s = TcpStream::connect(fx.addr).await.expect("connect");
         s.write_all(
-            b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n",
         )
         .await
         .expect("write");
         let mut raw = Vec::new();
         tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut raw))
             .await
-            .expect("in time")
+            .expect("closed by the server at once")
             .expect("read");
         let text = String::from_utf8_lossy(&raw);
-        assert_eq!(text.matches("HTTP/1.1 503").count(), 2, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 503").count(), 1, "{text}");
+        assert!(text.contains("connection: close"), "{text}");
     }
 }

@@ -44,6 +44,7 @@ pub struct Config {
     pub budget_interval: Option<Duration>,
     /// The budget's files, for those reads.
     pub watch: Option<budget::Watch>,
+    pub worker_output: crate::cli::WorkerOutput,
 }
 
 /// Why the plan could not be made: a usage error (exit 2) or a command that cannot run.
@@ -204,6 +205,7 @@ impl Config {
             stall_timeout: (!cli.stall_timeout.is_zero()).then_some(cli.stall_timeout),
             budget_interval,
             watch: budget_interval.map(|_| watch),
+            worker_output: cli.worker_output,
         };
         Ok((cfg, plan))
     }

@@ -14,6 +14,7 @@
 //! - `report`: log lines and spans of what the pool did
 //! - `sink`: the bounded, non-blocking writer of our own lines
 //! - `notify`: the sd_notify server workers report readiness and watchdog pings to
+//! - `output`: workers' stdout and stderr relayed line by line (`--worker-output prefix|json`)
 //! - `admin`: the HTTP admin endpoint (/livez /readyz /metrics /status)
 //! - `memory`: workers' memory (PSS of a process tree) and OOM-kill counts
 //! - `spawn`: fork/exec of one worker (the async-signal-safe part)
@@ -33,6 +34,7 @@ pub mod listen;
 pub mod machine;
 pub mod memory;
 pub mod notify;
+pub mod output;
 pub mod pool;
 pub mod report;
 pub mod signals;

@@ -675,7 +675,14 @@ impl Listeners {
                     ),
                     (Sockets::Shared { .. }, false) => format!("shared, backlog {}", self.backlog),
                 };
-                format!("{}={addr} ({how})", entry.name)
+                // The default name is the address's kind: `unix=unix:/run/a.sock` says it twice.
+                let default = addr.starts_with("unix:") && entry.name == "unix"
+                    || !addr.starts_with("unix:") && entry.name == "tcp";
+                if default {
+                    format!("{addr} ({how})")
+                } else {
+                    format!("{}={addr} ({how})", entry.name)
+                }
             })
             .collect()
     }
@@ -1108,7 +1115,7 @@ mod tests {
         assert_eq!(listeners.local_addrs(), vec![format!("127.0.0.1:{port}")]);
         assert_eq!(
             listeners.describe(),
-            vec![format!("tcp=127.0.0.1:{port} (reuseport x3, backlog 128)")]
+            vec![format!("127.0.0.1:{port} (reuseport x3, backlog 128)")]
         );
     }
 

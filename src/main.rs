@@ -53,13 +53,21 @@ fn run(signals: std::io::Result<()>) -> i32 {
         flush_timeout: (cli.stop_timeout / 5)
             .clamp(Duration::from_millis(200), Duration::from_secs(3)),
     };
-    let telemetry = match Telemetry::init(&settings, |k| std::env::var(k).ok()) {
+    let mut telemetry = match Telemetry::init(&settings, |k| std::env::var(k).ok()) {
         Ok(t) => t,
         Err(message) => {
             eprintln!("cluster-init: {message}");
             return 2;
         }
     };
+    // The first line says what runs: an operator reading a crash loop's logs starts here.
+    tracing::info!(
+        service.version = env!("CARGO_PKG_VERSION"),
+        process.pid = std::process::id(),
+        "cluster-init {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    telemetry.log_notes();
     if let Err(e) = signals {
         tracing::error!("cannot take over signal handling: {e}");
         return 1;

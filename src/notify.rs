@@ -100,11 +100,19 @@ pub fn parse(datagram: &[u8]) -> Vec<Notice> {
         .collect()
 }
 
+/// Datagrams taken per [`RATE_WINDOW`] at most: beyond, the socket is left alone until the
+/// window ends (its queue fills and senders wait or fail), so a flooding sender costs PID 1 a
+/// few percent of a core, never all of it. Real servers send a handful per second.
+pub const RATE_LIMIT: u32 = 100;
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The bound notify socket.
 pub struct NotifyServer {
     fd: AsyncFd<OwnedFd>,
     /// `@name`, as workers get it in `NOTIFY_SOCKET`.
     name: String,
+    /// The current rate window's start and the datagrams taken in it.
+    window: std::cell::Cell<(tokio::time::Instant, u32)>,
 }
 
 impl NotifyServer {
@@ -143,6 +151,7 @@ impl NotifyServer {
         Ok(NotifyServer {
             fd,
             name: format!("@{name}"),
+            window: std::cell::Cell::new((tokio::time::Instant::now(), 0)),
         })
     }
 
@@ -161,9 +170,21 @@ impl NotifyServer {
     pub async fn recv(&self) -> io::Result<(i32, Vec<Notice>)> {
         let mut dropped = 0u32;
         loop {
+            let (start, taken) = self.window.get();
+            if taken >= RATE_LIMIT {
+                tokio::time::sleep_until(start + RATE_WINDOW).await;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= start + RATE_WINDOW {
+                self.window.set((now, 0));
+            }
             let mut guard = self.fd.readable().await?;
             let got = match guard.try_io(|fd| receive_one(fd.get_ref().as_raw_fd())) {
-                Ok(Ok(got)) => got,
+                Ok(Ok(got)) => {
+                    let (start, taken) = self.window.get();
+                    self.window.set((start, taken + 1));
+                    got
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Err(e),
                 // Spurious readiness: try_io cleared it; wait again.
@@ -544,6 +565,27 @@ socket.send_fds(s, [b'FDSTORE=1\\nREADY=1'], fds)
             "{}",
             ours.name()
         );
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_taken_at_the_rate_limit() {
+        let server = server();
+        let (client, addr) = client_to(&server);
+        // A blocking sender: the kernel keeps only a few datagrams queued (max_dgram_qlen).
+        let flood = std::thread::spawn(move || {
+            for _ in 0..(3 * RATE_LIMIT) {
+                if client.send_to_addr(b"STATUS=flood", &addr).is_err() {
+                    return;
+                }
+            }
+        });
+        let t = std::time::Instant::now();
+        for _ in 0..(2 * RATE_LIMIT + 1) {
+            recv_in_time(&server).await;
+        }
+        assert!(t.elapsed() >= 2 * RATE_WINDOW, "{:?}", t.elapsed());
+        drop(server);
+        let _ = flood.join();
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ pub struct Reporter {
     links: HashMap<u32, LifeLink>,
     program: String,
     stop_timeout: Duration,
+    /// `net.ipv4.tcp_migrate_req`, when slots have sockets of their own (None otherwise).
+    migrate: Option<bool>,
     repeats: HashMap<&'static str, Repeat>,
 }
 
@@ -50,13 +52,19 @@ struct Repeat {
 }
 
 impl Reporter {
-    pub fn new(telemetry: Telemetry, program: String, stop_timeout: Duration) -> Reporter {
+    pub fn new(
+        telemetry: Telemetry,
+        program: String,
+        stop_timeout: Duration,
+        migrate: Option<bool>,
+    ) -> Reporter {
         Reporter {
             telemetry,
             lives: HashMap::new(),
             links: HashMap::new(),
             program,
             stop_timeout,
+            migrate,
             repeats: HashMap::new(),
         }
     }
@@ -352,6 +360,16 @@ impl Reporter {
                         scale_why(why)
                     ),
                 }
+                // What happens to connections queued on a removed slot matters only now.
+                match (to < from, self.migrate) {
+                    (true, Some(true)) => info!(
+                        "connections still queued on a removed slot's socket when its worker exits move to the other slots (net.ipv4.tcp_migrate_req=1)"
+                    ),
+                    (true, Some(false)) => info!(
+                        "connections still queued on a removed slot's socket when its worker exits are reset (net.ipv4.tcp_migrate_req=0; 1 would move them to the other slots)"
+                    ),
+                    _ => {}
+                }
                 let links: Vec<LifeLink> = lives
                     .iter()
                     .filter_map(|p| self.lives.get(p).and_then(WorkerLife::link))
@@ -487,6 +505,7 @@ impl Reporter {
                 cluster_init.exit.reason = reason.as_str(),
                 process.exit.code = code,
                 cluster_init.exit.signal = signal.as_deref(),
+                error.type = reason.is_failure().then_some(reason.as_str()),
                 cluster_init.worker.lived_ms = lived.as_millis() as u64,
                 cluster_init.restart.delay_ms = delay,
                 cluster_init.exit = summary.as_str(),

@@ -1,4 +1,5 @@
-//! Where cluster-init's own lines go: a bounded, non-blocking writer in front of stderr.
+//! Where cluster-init's own lines go: a bounded, non-blocking writer in front of stderr (and one
+//! in front of stdout for the workers' lines `--worker-output` relays).
 //!
 //! stderr is usually a pipe the workers share, read by a container runtime that may stall. A
 //! blocking write there would stop PID 1 in the middle of a stop, with workers never signalled.
@@ -54,10 +55,16 @@ struct Inner {
 }
 
 static STDERR: OnceLock<Sink> = OnceLock::new();
+static STDOUT: OnceLock<Sink> = OnceLock::new();
 
 /// The sink in front of stderr (opened on first use).
 pub fn stderr() -> &'static Sink {
     STDERR.get_or_init(|| Sink::open(libc::STDERR_FILENO))
+}
+
+/// The sink in front of stdout, for workers' output relayed with `--worker-output`.
+pub fn stdout() -> &'static Sink {
+    STDOUT.get_or_init(|| Sink::open(libc::STDOUT_FILENO))
 }
 
 impl Sink {
@@ -114,6 +121,11 @@ impl Sink {
             return None;
         }
         inner.fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// Bytes queued, not yet written.
+    pub fn queued(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.queued)
     }
 
     /// Lines dropped since the last call.

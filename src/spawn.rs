@@ -193,7 +193,14 @@ pub struct Forked {
 ///
 /// Every signal the init handles is blocked in the init (see `signals`), so no signal can be
 /// acted on in the child before it has reset its dispositions and mask.
-pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<Forked, i32> {
+/// `stdio`: descriptors to become the worker's stdout and stderr (the write ends of the pipes
+/// `--worker-output` relays); None keeps the init's own.
+pub fn spawn(
+    program: &Program,
+    mut env: EnvBlock,
+    fds: &[RawFd],
+    stdio: Option<[RawFd; 2]>,
+) -> Result<Forked, i32> {
     let mut argv: Vec<*const libc::c_char> = program.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let listen_pid_ptr = env
@@ -224,6 +231,7 @@ pub fn spawn(program: &Program, mut env: EnvBlock, fds: &[RawFd]) -> Result<Fork
                 scratch: scratch.as_mut_ptr(),
                 err_fd: err_write.as_raw_fd(),
                 parent,
+                stdio: stdio.unwrap_or([-1, -1]),
             })
         }
     }
@@ -274,6 +282,8 @@ struct ChildPlan<'a> {
     scratch: *mut RawFd,
     err_fd: RawFd,
     parent: libc::pid_t,
+    /// New stdout and stderr, or -1 to keep ours.
+    stdio: [RawFd; 2],
 }
 
 /// Runs in the forked child. Only async-signal-safe calls; no allocation.
@@ -311,6 +321,13 @@ unsafe fn child_after_fork(plan: ChildPlan) -> ! {
         libc::_exit(1);
     }
 
+    // First, while 1 and 2 are still ours: the listener moves below may reuse the numbers the
+    // pipes sit at, and dup2 leaves the copies at 1 and 2 without CLOEXEC.
+    for (target, fd) in [1, 2].into_iter().zip(plan.stdio) {
+        if fd >= 0 && libc::dup2(fd, target) < 0 {
+            fail(plan.err_fd);
+        }
+    }
     let n = plan.fds.len() as RawFd;
     // The exec-error pipe first moves above the target range: the dup2s below would otherwise
     // replace it with a socket when it sits at 3..3+n, and an exec failure would go unreported.

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{Admin, Ask, PoolStatus, WorkerStatus};
-use crate::cli::ReadyMode;
+use crate::cli::{ReadyMode, WorkerOutput};
 use crate::config::Config;
 use crate::memory::{self, Meter};
 use crate::notify::{self, Notice, NotifyServer};
+use crate::output;
 use crate::pool::{self, Effect, Event, ExitReason, Pool, SlotState};
 use crate::report::Reporter;
 use crate::signals::Signals;
@@ -34,6 +35,8 @@ use crate::telemetry::Telemetry;
 
 /// At exit, how long queued log lines may take to reach a stalled stderr.
 const FINAL_FLUSH: Duration = Duration::from_millis(200);
+/// At exit, how long relays of workers' output may take to reach their pipes' ends.
+const RELAY_DRAIN: Duration = Duration::from_millis(500);
 
 /// Runs the pool to completion on a current-thread runtime and returns our exit status.
 pub fn run(cfg: Config, telemetry: Telemetry) -> i32 {
@@ -92,10 +95,10 @@ pub fn run(cfg: Config, telemetry: Telemetry) -> i32 {
     code
 }
 
-/// Gives queued log lines a last, bounded chance to reach stderr.
+/// Gives queued lines a last, bounded chance to reach stdout and stderr.
 fn final_flush() {
     let end = Instant::now() + FINAL_FLUSH;
-    while !sink::stderr().flush() && Instant::now() < end {
+    while !(sink::stderr().flush() & sink::stdout().flush()) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -122,6 +125,8 @@ struct Supervisor {
     cpu_budget: f64,
     /// The last failure to read the budget, warned about once.
     budget_warning: Option<String>,
+    /// Tasks relaying workers' output (`--worker-output`), until each pipe's end.
+    relays: Vec<tokio::task::JoinHandle<()>>,
     /// Steering programs attached so far (one per reuseport address per change of the serving
     /// slots), shown in `/status`.
     steering_updates: u64,
@@ -142,7 +147,16 @@ impl Supervisor {
         let pool = Pool::new(cfg.pool_settings(), now, oom_kills);
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
         let (memory_tx, memory_rx) = mpsc::unbounded_channel();
-        let reporter = Reporter::new(telemetry, cfg.program.display.clone(), cfg.stop_timeout);
+        let migrate = cfg
+            .listeners
+            .has_per_slot_sockets()
+            .then(|| crate::listen::tcp_migrate_req() == Some(true));
+        let reporter = Reporter::new(
+            telemetry,
+            cfg.program.display.clone(),
+            cfg.stop_timeout,
+            migrate,
+        );
         Supervisor {
             pool,
             env: spawn::inherited_env(),
@@ -166,6 +180,7 @@ impl Supervisor {
             steering_updates: 0,
             cpu_budget: cfg.cpu.budget,
             budget_warning: None,
+            relays: Vec::new(),
             start: now,
             start_wall: SystemTime::now(),
             cfg,
@@ -198,6 +213,7 @@ impl Supervisor {
                 if left > 0 {
                     warn!("{left} process group(s) did not die after SIGKILL; exiting anyway");
                 }
+                self.drain_relays().await;
                 info!(process.exit.code = code, "cluster-init exiting");
                 self.reporter.telemetry().shutdown();
                 return code;
@@ -360,6 +376,18 @@ impl Supervisor {
         }
     }
 
+    /// What the workers wrote last still goes out: the relays read to their pipes' ends, which
+    /// come when the workers are gone, within a bound.
+    async fn drain_relays(&mut self) {
+        let relays = std::mem::take(&mut self.relays);
+        let all = async {
+            for r in relays {
+                let _ = r.await;
+            }
+        };
+        let _ = tokio::time::timeout(RELAY_DRAIN, all).await;
+    }
+
     /// Points the reuseport steering programs at the slots that serve now.
     fn steer(&mut self, serving: &[u32]) {
         if self.steering != Steering::On {
@@ -460,9 +488,32 @@ impl Supervisor {
             extra.push(("TRACEPARENT".into(), tp));
         }
         let env = EnvBlock::new(&self.env, &extra, !fds.is_empty());
-        match spawn::spawn(&self.cfg.program, env, &fds) {
+        let pipes = match self.cfg.worker_output {
+            WorkerOutput::Inherit => None,
+            _ => match output::Pipes::new() {
+                Ok(p) => Some(p),
+                Err(errno) => {
+                    self.reporter.fork_failed(life, errno);
+                    return Event::SpawnFailed { slot, errno };
+                }
+            },
+        };
+        let stdio = pipes
+            .as_ref()
+            .map(|p| [p.child[0].as_raw_fd(), p.child[1].as_raw_fd()]);
+        match spawn::spawn(&self.cfg.program, env, &fds, stdio) {
             Ok(forked) => {
                 let pid = forked.pid;
+                if let Some(pipes) = pipes {
+                    let origin = output::Origin {
+                        slot,
+                        pid,
+                        generation,
+                    };
+                    self.relays.retain(|r| !r.is_finished());
+                    self.relays
+                        .extend(output::relay(self.cfg.worker_output, pipes, origin));
+                }
                 self.reporter.forked(slot, pid, life);
                 self.exec_pending.insert(pid);
                 watch_exec(pid, forked.exec_pipe, self.exec_tx.clone());
@@ -595,11 +646,9 @@ impl Supervisor {
 
     fn log_start(&self) {
         info!(
-            service.version = env!("CARGO_PKG_VERSION"),
             command = %self.cfg.program.display,
             restart = self.cfg.restart.as_str(),
-            "cluster-init {}: {}",
-            env!("CARGO_PKG_VERSION"),
+            "{}",
             self.cfg.sizing
         );
         for line in self.cfg.listeners.describe() {

@@ -79,6 +79,7 @@ pub struct Settings {
 /// Logs and traces, owned by the supervisor and used from its thread only.
 pub struct Telemetry {
     export: Option<Exporter>,
+    notes: Option<Notes>,
 }
 
 struct Exporter {
@@ -146,11 +147,19 @@ impl Telemetry {
         settings: &Settings,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Telemetry, String> {
-        let (telemetry, dispatch, notes) = Telemetry::build(settings, &env)?;
+        let (mut telemetry, dispatch, notes) = Telemetry::build(settings, &env)?;
         // A second init (tests) keeps the first subscriber; nothing else can fail here.
         let _ = tracing::dispatcher::set_global_default(dispatch);
-        notes.log();
+        // Logged by [`Telemetry::log_notes`], after the line that names our version.
+        telemetry.notes = Some(notes);
         Ok(telemetry)
+    }
+
+    /// Logs what setting up telemetry had to say (exporting where, or why not).
+    pub fn log_notes(&mut self) {
+        if let Some(notes) = self.notes.take() {
+            notes.log();
+        }
     }
 
     /// Like [`Telemetry::init`] without installing anything: for tests, which install the
@@ -173,7 +182,14 @@ impl Telemetry {
         let export = match plan {
             config::Plan::Off(warning) => {
                 let dispatch = Dispatch::new(Registry::default().with(logs));
-                return Ok((Telemetry { export: None }, dispatch, Notes::warn(warning)));
+                return Ok((
+                    Telemetry {
+                        export: None,
+                        notes: None,
+                    },
+                    dispatch,
+                    Notes::warn(warning),
+                ));
             }
             config::Plan::Export(export) => export,
         };
@@ -191,7 +207,10 @@ impl Telemetry {
                 let dispatch = Dispatch::new(Registry::default().with(logs));
                 let note = "cannot start the trace exporter (thread creation failed?); traces are not exported";
                 return Ok((
-                    Telemetry { export: None },
+                    Telemetry {
+                        export: None,
+                        notes: None,
+                    },
                     dispatch,
                     Notes {
                         warnings: export
@@ -229,6 +248,7 @@ impl Telemetry {
                 shutdown: None,
                 ended_in_shutdown: Vec::new(),
             }),
+            notes: None,
         };
         Ok((
             telemetry,

@@ -819,7 +819,9 @@ impl Pool {
                     self.announced = true;
                     self.out.push(Effect::NotifyReady);
                 }
-            } else if self.phase == Phase::Running {
+            } else if self.phase == Phase::Running
+                && self.slots.iter().any(|s| s.state != SlotState::Ended)
+            {
                 self.report(Report::PoolNotReady {
                     ready: ready_now,
                     of,

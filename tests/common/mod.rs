@@ -36,6 +36,12 @@ pub fn require(ok: bool, what: &str) -> bool {
         panic!("CLUSTER_INIT_STRICT_TESTS=1 but this test needs {what}");
     }
     eprintln!("SKIPPED: this test needs {what}");
+    // libtest keeps a passing test's output to itself: say it on the terminal, when there is one
+    // (tests/run lists the recorded skips at the end either way).
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        use std::io::Write;
+        let _ = writeln!(tty, "SKIPPED: a test needs {what}");
+    }
     artifacts::record_skip(what);
     false
 }
@@ -183,6 +189,12 @@ impl Init {
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         )
+    }
+
+    /// cluster-init's stdout, when the command was given a pipe for it (`Stdio::piped()` in
+    /// [`Init::start_with`]'s tweak).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// What cluster-init wrote to stderr so far.
