@@ -5,6 +5,25 @@
 /// The inode of the initial PID namespace (`PROC_PID_INIT_INO`).
 const INITIAL_PID_NS: &str = "pid:[4026531836]";
 
+/// As PID 1 with no `/proc` (a VM's initramfs: a container runtime always mounts one), mounts
+/// it: the cgroup budget, notify senders' ancestry and memory measurements all read it.
+pub fn mount_proc_if_missing() {
+    if std::process::id() != 1 || std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let _ = std::fs::create_dir_all("/proc");
+    // SAFETY: mount with NUL-terminated strings and no data.
+    unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        );
+    }
+}
+
 /// PID 1 of the initial PID namespace: a machine's init, not a container's.
 pub fn is_init() -> bool {
     std::process::id() == 1

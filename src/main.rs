@@ -12,6 +12,7 @@ use tracing::level_filters::LevelFilter;
 fn main() -> ExitCode {
     // First, before any thread exists: every signal we handle waits for the loop's signalfd.
     let signals = signals::take_over();
+    machine::mount_proc_if_missing();
     let code = run(signals);
     if machine::is_init() {
         // PID 1 of the whole machine (a VM's rdinit): exiting would panic the kernel.

@@ -893,6 +893,10 @@ fn as_pid1_of_the_vm_sigterm_stops_the_pool_and_powers_the_machine_off() {
         "the kernel panicked: cluster-init exited instead of powering off",
     );
     s.check(
+        !vm.console.contains("/proc/self/mountinfo"),
+        "as the machine's init without /proc, cluster-init should mount it (no cgroup warning)",
+    );
+    s.check(
         vm.status.is_some_and(|st| st.success()),
         "qemu should exit by itself after the power-off",
     );
