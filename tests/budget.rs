@@ -35,7 +35,8 @@ fn quota(cg: &Cgroup, cpus: u64) {
     cg.write("cpu.cfs_quota_us", &(cpus * 100_000).to_string());
 }
 
-/// `ab` against `addr` for `secs` seconds in the background: (complete, failed, non-2xx).
+/// `ab` against `addr` for `secs` seconds in the background: (complete, failed, non-2xx, its
+/// report).
 fn ab(addr: &str, secs: u32) -> Option<std::thread::JoinHandle<(u64, u64, u64, String)>> {
     let found = std::process::Command::new("ab").arg("-V").output();
     if !common::require(
@@ -67,9 +68,26 @@ fn ab(addr: &str, secs: u32) -> Option<std::thread::JoinHandle<(u64, u64, u64, S
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0)
         };
+        // ab counts a body of another length as a failure ("Length"): ours name the worker's
+        // pid, so only connect, receive and exception failures are failures.
+        let failed = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("(Connect: "))
+            .map_or(0, |rest| {
+                rest.split(", ")
+                    .filter(|kv| !kv.starts_with("Length"))
+                    .filter_map(|kv| {
+                        kv.rsplit(' ')
+                            .next()?
+                            .trim_end_matches(')')
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum()
+            });
         (
             field("Complete requests:"),
-            field("Failed requests:"),
+            failed,
             field("Non-2xx responses:"),
             text,
         )

@@ -105,14 +105,20 @@ fn death_by_the_stop_signal_is_a_clean_stop() {
 
 #[test]
 fn failing_stop_reports_the_workers_status() {
+    let dir = scratch();
+    let up = dir.path().join("up");
     let Some(mut init) = start(
         Mode::Pid1,
         &["-w", "1"],
-        "trap 'exit 3' TERM; while :; do sleep 0.05; done",
+        &format!(
+            "trap 'exit 3' TERM; touch {}; while :; do sleep 0.05; done",
+            up.display()
+        ),
     ) else {
         return;
     };
-    init.wait_workers(1, LONG);
+    // The trap is in place only once the file is there.
+    wait_for(LONG, || up.exists().then_some(())).expect("worker up");
     init.signal(libc::SIGTERM);
     assert_eq!(init.wait(LONG), Some(3), "log:\n{}", init.log());
 }
@@ -560,6 +566,8 @@ fn idle_init_sleeps() {
         return;
     };
     init.wait_workers(2, LONG);
+    // Let the start settle (exec confirmations, the ready lines) before counting.
+    std::thread::sleep(Duration::from_millis(500));
     let switches = || -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", init.pid())).unwrap();
         s.lines()

@@ -197,8 +197,10 @@ fn a_crashed_workers_process_group_is_drained_stop_signal_then_sigkill() {
             !lived.is_empty(),
             "{mode:?}: no stubborn orphan was ever killed"
         );
+        // Seen as orphans up to a sampling round late on a loaded machine: well over 1 s of
+        // the 2 s grace still shows it was not killed at once.
         assert!(
-            lived.iter().all(|d| *d >= Duration::from_millis(1500)),
+            lived.iter().all(|d| *d >= Duration::from_millis(1000)),
             "{mode:?}: SIGKILL came before the grace time: {lived:?}"
         );
         init.signal(libc::SIGTERM);
@@ -239,8 +241,7 @@ fn workers_recycled_after_100_requests_each_lose_no_request_and_never_back_off()
             .is_some_and(|w| w.iter().filter(|w| w["state"] == "ready").count() == 2)
     });
     let load = Load::start(&p.addr, 8);
-    let t = Instant::now();
-    wait_for(Duration::from_secs(40), || {
+    wait_for(Duration::from_secs(90), || {
         (p.metric("cluster_init_worker_exits_total{reason=\"recycled\"}") >= Some(20.0))
             .then_some(())
     })
@@ -251,7 +252,6 @@ fn workers_recycled_after_100_requests_each_lose_no_request_and_never_back_off()
             p.init.log()
         )
     });
-    let took = t.elapsed();
     let (ok, errors) = load.finish();
     assert!(
         errors.is_empty(),
@@ -261,10 +261,19 @@ fn workers_recycled_after_100_requests_each_lose_no_request_and_never_back_off()
         &errors[..errors.len().min(5)]
     );
     assert!(ok >= 2000, "{ok} requests");
-    assert!(
-        took < Duration::from_secs(25),
-        "20 recycles took {took:?}: backed off?"
-    );
+    // Replaced at once every time, whatever the machine's load: no backoff at all.
+    let delays: Vec<u64> = p
+        .init
+        .log()
+        .lines()
+        .filter(|l| l.contains("cluster_init.exit.reason=\"recycled\""))
+        .filter_map(|l| {
+            let v = l.split("cluster_init.restart.delay_ms=").nth(1)?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    assert!(delays.len() >= 20, "{delays:?}");
+    assert!(delays.iter().all(|&d| d <= 50), "backed off: {delays:?} ms");
     for reason in ["exit_zero", "exit_nonzero", "signal"] {
         let n = p.metric(&format!(
             "cluster_init_worker_exits_total{{reason=\"{reason}\"}}"

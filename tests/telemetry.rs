@@ -208,6 +208,8 @@ fn refusing_or_hanging_collectors_delay_neither_restarts_nor_the_stop() {
 
 #[test]
 fn a_kill_after_the_stop_timeout_is_an_error_with_the_log_line_as_event() {
+    let dir = common::scratch();
+    let up = dir.path().join("up");
     let rx = Receiver::start(Collector::Normal);
     let endpoint = rx.endpoint();
     let Some(mut init) = Init::start(
@@ -220,13 +222,17 @@ fn a_kill_after_the_stop_timeout_is_an_error_with_the_log_line_as_event() {
             "--",
             "sh",
             "-c",
-            "trap '' TERM; while :; do sleep 0.05; done",
+            &format!(
+                "trap '' TERM; touch {}; while :; do sleep 0.05; done",
+                up.display()
+            ),
         ],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
     ) else {
         return;
     };
-    init.wait_workers(1, Duration::from_secs(10));
+    // SIGTERM is ignored only once the file is there.
+    common::wait_for(Duration::from_secs(10), || up.exists().then_some(())).expect("worker up");
     init.signal(libc::SIGTERM);
     assert_eq!(init.wait(Duration::from_secs(10)), Some(137));
     let life = rx
