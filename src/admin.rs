@@ -721,6 +721,7 @@ mod tests {
                 match ask {
                     Ask::Pong(tx) => drop(tx.send(())),
                     Ask::Queues(tx) => drop(tx.send(sample_queues())),
+                    Ask::Command(_, tx) => drop(tx.send(Err("not in this test".into()))),
                 }
             }
         });
