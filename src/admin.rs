@@ -153,7 +153,10 @@ pub enum Ask {
     /// The accept queues of the listeners, read when scraped.
     Queues(oneshot::Sender<Vec<Queue>>),
     /// A control command (`cluster-init ctl`): the answer is what the pool made of it.
-    Command(crate::pool::Command, oneshot::Sender<Result<String, String>>),
+    Command(
+        crate::pool::Command,
+        oneshot::Sender<Result<String, String>>,
+    ),
 }
 
 /// Bounds on what clients may hold; a struct so tests can shrink them.
