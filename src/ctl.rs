@@ -6,12 +6,14 @@
 //! `@cluster-init/<pid namespace inode>/<pid>/ctl`, named like the notify socket and for the same
 //! reasons: nothing on disk (a read-only root is fine), and abstract names are scoped by network
 //! namespace, which the containers of a pod share but not their PID namespaces: the inode keeps
-//! two pods' inits apart, the pid two inits of one PID namespace.
+//! the inits of two containers apart, the pid two inits of one PID namespace.
 //!
 //! **Who.** The kernel says who connected (`SO_PEERCRED`). A caller must run as our effective uid
 //! or as root, and must be visible in our PID namespace (the kernel reports pid 0 for a process
 //! it cannot name here, such as a sibling container of the pod that shares our network namespace
-//! and guessed the name). Anyone else gets one error line and the connection is closed.
+//! and guessed the name). Anyone else gets one error line and the connection is closed. The
+//! client checks the other way too: whoever listens on the name must be the init it looked for,
+//! since an abstract name belongs to whoever binds it first.
 //!
 //! **What.** One request line of JSON, one answer line of JSON, then the server closes:
 //!
@@ -26,12 +28,13 @@
 //! Status is read from the snapshot the supervisor publishes; commands go to the loop as
 //! [`Ask::Command`] and the answer is what the pool made of them.
 //!
-//! **Bounds.** The server runs on PID 1's only thread, so nothing a client does may hold it: at
+//! **Bounds.** The server runs on the event loop's thread, so nothing a client does may hold it: at
 //! most [`MAX_CONNECTIONS`] connections; when full, a newcomer takes the place of the oldest one
 //! that has not sent its request yet (a silent or flooding client cannot lock out a real one),
 //! and only if every place is busy answering is the newcomer refused; a request is at most
 //! [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`]; the loop must answer within
-//! [`ANSWER_TIMEOUT`] and the answer be taken within [`WRITE_TIMEOUT`].
+//! [`ANSWER_TIMEOUT`] and the answer be taken within [`WRITE_TIMEOUT`]. When the pool is done,
+//! [`Running::drain`] gives answers already decided (`ctl stop`'s own) a bounded moment to leave.
 //!
 //! **Which init** (client side, without configuration): the `--pid` given; else PID 1 if it is
 //! cluster-init; else the single cluster-init in sight (not counting `ctl` clients, nor a child of
@@ -970,6 +973,21 @@ fn call(target: &Target, request: &str) -> Result<serde_json::Value, Failure> {
             _ => format!("cannot connect: {e}"),
         })
     })?;
+    // Abstract names are first come, first served: a process that bound this name before the
+    // init could (a sibling container guessing it) would read our request and answer anything.
+    // The kernel says who listens; it must be the init we meant.
+    let holder = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.pid())
+        .map_err(|e| unreachable(format!("cannot tell who listens: {e}")))?;
+    if holder != target.pid {
+        let holder = match holder {
+            0 => "a process outside this PID namespace".to_string(),
+            pid => format!("pid {pid}"),
+        };
+        return Err(unreachable(format!(
+            "the socket is held by {holder}, not by the init; not talking to it"
+        )));
+    }
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     // A refused caller is answered and closed before its request is read: the write may fail,
     // and the answer waiting for us is still the thing to show.

@@ -341,6 +341,8 @@ impl Namespace {
             .args(program)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            // unshare complains when its child dies of the SIGKILL that ends the namespace.
+            .stderr(Stdio::null())
             .spawn()
             .expect("unshare");
         let ns = Namespace { unshare };
@@ -476,12 +478,13 @@ fn ctl_stop_is_answered_when_nothing_runs() {
     assert!(init.wait(LONG).is_some(), "the init did not exit");
 }
 
-/// A fake init: binds the ctl name of its own pid, accepts, and never answers.
+/// A fake init: binds the ctl name of its own pid (or of $AS_PID), accepts, and never answers.
 const SILENT_INIT: &str = r#"
 import os, socket
 ns = os.readlink("/proc/self/ns/pid")[len("pid:["):-1]
+pid = int(os.environ.get("AS_PID", os.getpid()))
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind("\0cluster-init/%s/%d/ctl" % (ns, os.getpid()))
+s.bind("\0cluster-init/%s/%d/ctl" % (ns, pid))
 s.listen(8)
 print("listening", flush=True)
 held = []
@@ -496,8 +499,12 @@ fn the_single_init_in_sight_is_found_and_other_ctl_clients_are_not_it() {
     let script = r#"
 "$BIN" -w 1 -- sleep 1000 &
 python3 -c "$SILENT_INIT" > /dev/null &
-sleep 0.5
-"$BIN" ctl --pid $! status > /dev/null 2>&1 &
+fake=$!
+for i in $(seq 200); do
+    grep -q "@cluster-init/.*/$fake/ctl" /proc/net/unix && break
+    sleep 0.05
+done
+"$BIN" ctl --pid $fake status > /dev/null 2>&1 &
 wait
 "#;
     let env = [("BIN", bin()), ("SILENT_INIT", SILENT_INIT)];
@@ -635,4 +642,34 @@ fn usage_and_help() {
         assert_eq!(out.code, 2, "{bad:?}: {out:?}");
         assert!(out.stderr.starts_with("cluster-init ctl: "), "{out:?}");
     }
+}
+
+#[test]
+fn a_socket_squatted_by_another_process_is_not_trusted() {
+    // Another process bound the name the init would have: the client sees who listens.
+    let mut target = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let mut squatter = Command::new("python3")
+        .args(["-c", SILENT_INIT])
+        .env("AS_PID", target.id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    let listening = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().unwrap()),
+        &mut line,
+    );
+    let out = ctl(Via::Pid(target.id() as i32), &["stop"]);
+    for child in [&mut target, &mut squatter] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    listening.expect("the squatter listens");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("held by pid {}, not by the init", squatter.id())),
+        "{out:?}"
+    );
 }
