@@ -16,6 +16,7 @@
 //! - `notify`: the sd_notify server workers report readiness and watchdog pings to
 //! - `output`: workers' stdout and stderr relayed line by line (`--worker-output prefix|json`)
 //! - `admin`: the HTTP admin endpoint (/livez /readyz /metrics /status)
+//! - `ctl`: `cluster-init ctl`, the client and the init's unix socket it talks to
 //! - `memory`: workers' memory (PSS of a process tree) and OOM-kill counts
 //! - `spawn`: fork/exec of one worker (the async-signal-safe part)
 //! - `signals`: which signal means what; the signalfd the loop awaits
@@ -30,6 +31,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod cpu;
+pub mod ctl;
 pub mod listen;
 pub mod machine;
 pub mod memory;

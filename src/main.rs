@@ -6,10 +6,15 @@ use std::time::Duration;
 use cluster_init::cli::{self, Parsed};
 use cluster_init::config::{Config, PlanError};
 use cluster_init::telemetry::{LogFormat, Settings, Telemetry};
-use cluster_init::{machine, signals, supervisor};
+use cluster_init::{ctl, machine, signals, supervisor};
 use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
+    // `cluster-init ctl ...` is a client of a running init, not an init: it keeps the signal
+    // state it was started with, so it goes before the take-over.
+    if let Some(code) = ctl::dispatch(std::env::args_os()) {
+        return ExitCode::from(code as u8);
+    }
     // First, before any thread exists: every signal we handle waits for the loop's signalfd.
     let signals = signals::take_over();
     machine::mount_proc_if_missing();

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::admin::{Admin, Ask, PoolStatus, WorkerStatus};
 use crate::cli::{ReadyMode, WorkerOutput};
 use crate::config::Config;
+use crate::ctl;
 use crate::memory::{self, Meter};
 use crate::notify::{self, Notice, NotifyServer};
 use crate::output;
@@ -62,6 +63,17 @@ pub fn run(cfg: Config, telemetry: Telemetry) -> i32 {
         };
         let (status_tx, status_rx) = watch::channel(PoolStatus::empty(cfg.workers, cfg.cpu.budget));
         let (ping_tx, ping_rx) = mpsc::channel(16);
+        // `cluster-init ctl`: always on, and never fatal (the pool runs without it).
+        let ctl = match ctl::Server::bind_for_pool(status_rx.clone(), ping_tx.clone()) {
+            Ok(server) => {
+                debug!("ctl socket {}", server.name());
+                Some(server.spawn())
+            }
+            Err(e) => {
+                warn!("cluster-init ctl will not reach this init: {e}");
+                None
+            }
+        };
         // Bound before anything starts, so that a taken port is a usage error (exit 2).
         if let Some(addr) = cfg.admin_listen.as_deref() {
             match Admin::bind(addr, status_rx, ping_tx) {
@@ -88,6 +100,9 @@ pub fn run(cfg: Config, telemetry: Telemetry) -> i32 {
         };
         let mut sup = Supervisor::new(cfg, telemetry, status_tx, notify.as_ref());
         let code = sup.run(&signals, notify.as_ref(), ping_rx).await;
+        if let Some(ctl) = ctl {
+            ctl.drain().await;
+        }
         drop(notify);
         code
     });
