@@ -191,7 +191,7 @@ fn scaling_up_and_down_keeps_every_serving_slot_reachable() {
     let p = Pool::start(&["-w", "2"], &[]);
     all_ready(&p, 2);
     let ids = |n| -> HashSet<String> {
-        answers(&p.addr, n, Duration::from_secs(2))
+        answers(&p.addr, n, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{e}; {}\nlog:\n{}", p.status(), p.init.log()))
             .into_iter()
             .collect()

@@ -257,14 +257,23 @@ pub struct Slot {
     last_start: Option<Instant>,
     pub restarts: u64,
     pub last_exit: Option<LastExit>,
-    /// The accept queue last seen non-empty: its length, and since when it has not shrunk.
-    stall: Option<(u32, Instant)>,
+    /// The accept queue last seen non-empty while `pid` served: its length, and since when it
+    /// has not shrunk.
+    stall: Option<Stall>,
 }
 
 impl Slot {
     pub fn state(&self) -> &SlotState {
         &self.state
     }
+}
+
+/// What stall detection remembers of a slot's accept queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stall {
+    pid: i32,
+    queued: u32,
+    since: Instant,
 }
 
 /// A process group whose leader is gone while members still run.
@@ -1783,15 +1792,21 @@ impl Pool {
                 continue;
             };
             let slot = &mut self.slots[i];
-            if !matches!(slot.state, SlotState::Serving(_)) || queued == 0 {
-                slot.stall = None;
-                continue;
-            }
-            let since = match slot.stall {
-                Some((before, since)) if queued >= before => since,
-                _ => now,
+            let (pid, ready) = match &slot.state {
+                SlotState::Serving(w) if queued > 0 => (w.pid, w.ready_since.unwrap_or(now)),
+                _ => {
+                    slot.stall = None;
+                    continue;
+                }
             };
-            slot.stall = Some((queued, since));
+            // A new worker's clock starts when it is ready: what waited for its predecessor
+            // does not count against it.
+            let since = match slot.stall {
+                Some(st) if st.pid == pid && queued >= st.queued => st.since,
+                _ => now,
+            }
+            .max(ready);
+            slot.stall = Some(Stall { pid, queued, since });
             if now.saturating_duration_since(since) < limit {
                 continue;
             }

@@ -1039,3 +1039,30 @@ fn without_a_budget_interval_the_budget_is_never_read() {
     let sim = Sim::new(s);
     assert_eq!(sim.pool.next_deadline(sim.now), None);
 }
+
+#[test]
+fn a_successors_stall_clock_starts_when_it_is_ready() {
+    let mut s = settings(1);
+    s.stall_timeout = Some(Duration::from_secs(2));
+    s.ready = ReadyMode::Notify;
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    sim.ready(a);
+    for _ in 0..5 {
+        sim.now += MS(500);
+        sim.on(Event::Queues(vec![(0, 7)]));
+    }
+    assert!(!sim.pool.is_worker(a) || matches!(sim.state(0), SlotState::Waiting { .. }));
+    sim.run_for(MS(300));
+    let b = sim.occupant(0);
+    // The successor boots for 3 s while the old queue waits: not its stall.
+    sim.advance(Duration::from_secs(3));
+    sim.ready(b);
+    sim.now += MS(500);
+    let fx = sim.on(Event::Queues(vec![(0, 7)]));
+    assert!(signals(&fx).is_empty(), "{fx:?}");
+    // Not accepting for 2 s after it was ready: that is its stall.
+    sim.now += MS(2000);
+    let fx = sim.on(Event::Queues(vec![(0, 7)]));
+    assert_eq!(signals(&fx), vec![(b, TERM)]);
+}
