@@ -19,6 +19,7 @@
 //! - `signals`: which signal means what; the signalfd the loop awaits
 //! - `backoff`: restart delays
 //! - `status`: exit statuses and what they make of ours
+//! - `suggest`: closest names for mistyped flags and unknown `CLUSTER_INIT_*` variables
 //! - `telemetry`: logs and OpenTelemetry traces of worker lives
 
 pub mod admin;
@@ -36,5 +37,6 @@ pub mod signals;
 pub mod sink;
 pub mod spawn;
 pub mod status;
+pub mod suggest;
 pub mod supervisor;
 pub mod telemetry;
