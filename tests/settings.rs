@@ -106,9 +106,12 @@ fn bool_options() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Arguments, environment, and what the line must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn usage_errors_in_json_are_one_error_object_with_exit_code_2() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             &["--log-format", "json", "--workers", "banana", "--", "true"],
             &[],
