@@ -804,6 +804,7 @@ mod tests {
         assert_eq!(hint(&["--log-format"], Some("json")), Text);
         // The command's own arguments are not ours.
         assert_eq!(hint(&["--", "srv", "--log-format", "json"], None), Text);
+        assert_eq!(hint(&["--", "--log-format", "json"], None), Text);
         assert_eq!(hint(&["srv", "--log-format", "json"], None), Text);
         assert_eq!(hint(&["-w", "2", "srv", "--log-format=json"], None), Text);
         // The value of another option is not a flag.
