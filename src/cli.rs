@@ -654,15 +654,16 @@ fn clap_error(e: clap::Error, log_format: LogFormat) -> Parsed {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid usage");
             let first = first.trim_start_matches("error: ");
-            let unknown_long = arg
+            // `--worker=2` is reported as `--worker`; the value is no part of the name.
+            let near = arg
                 .filter(|_| kind == ErrorKind::UnknownArgument)
-                .and_then(|a| Some(a.strip_prefix("--")?.to_string()));
-            let cmd = command();
-            let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-            let near = unknown_long.and_then(|typed| {
-                let typed = typed.split('=').next().unwrap_or_default().to_string();
-                crate::suggest::closest(&typed, ["help", "version"].into_iter().chain(longs))
-            });
+                .and_then(|typed| {
+                    let typed = typed.strip_prefix("--")?.split('=').next()?;
+                    let cmd = command();
+                    let longs = cmd.get_arguments().filter_map(|a| a.get_long());
+                    let known = ["help", "version"].into_iter().chain(longs);
+                    crate::suggest::closest(typed, known).map(str::to_string)
+                });
             match near {
                 Some(near) => format!("{first}; did you mean '--{near}'?"),
                 None => first.to_string(),
