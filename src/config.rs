@@ -1,11 +1,11 @@
 //! The plan: everything the supervisor needs, resolved from the command line and the machine
 //! once (the pool size from the CPU budget, the program's path, the bound listeners), and its
-//! `--dry-run` form.
-
-use std::path::Path;
-use std::time::Duration;
+//! `--dry-run` form: every setting in force (durations in ms, sizes in bytes, null for off), after
+//! the checks the real run makes, binding aside.
 
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
 
 use clap::ValueEnum;
 use serde_json::json;
@@ -147,6 +147,9 @@ impl Config {
                 cli.min_ready
             )));
         }
+        // The plan shows what is in force, after these adjustments.
+        let backoff_max = cli.backoff_max.max(cli.backoff_initial);
+        let memory_check_interval = cli.memory_check_interval.max(Duration::from_millis(100));
         let plan = json!({
             "workers": workers,
             "sizing": sizing,
@@ -158,7 +161,7 @@ impl Config {
             "stop_timeout_ms": ms(cli.stop_timeout),
             "backoff": {
                 "initial_ms": ms(cli.backoff_initial),
-                "max_ms": ms(cli.backoff_max),
+                "max_ms": ms(backoff_max),
                 "reset_after_ms": ms(cli.backoff_reset),
             },
             "give_up_after_ms": (!cli.give_up_after.is_zero()).then(|| ms(cli.give_up_after)),
@@ -171,7 +174,7 @@ impl Config {
             "admin_listen": cli.admin_listen.as_ref().map(|a| a.to_string()),
             "hup": match cli.hup { HupAction::Reload => "reload", HupAction::Forward => "forward" },
             "max_worker_memory_bytes": cli.max_worker_memory,
-            "memory_check_interval_ms": ms(cli.memory_check_interval),
+            "memory_check_interval_ms": ms(memory_check_interval),
             "watchdog_ms": cli.watchdog.filter(|d| !d.is_zero()).map(ms),
             "trace_command_args": cli.trace_command_args,
             "stall_timeout_ms": (!cli.stall_timeout.is_zero()).then(|| ms(cli.stall_timeout)),
@@ -192,7 +195,7 @@ impl Config {
             stop_timeout: cli.stop_timeout,
             backoff: backoff::Policy {
                 initial: cli.backoff_initial,
-                max: cli.backoff_max.max(cli.backoff_initial),
+                max: backoff_max,
                 reset_after: cli.backoff_reset,
             },
             give_up_after: (!cli.give_up_after.is_zero()).then_some(cli.give_up_after),
@@ -207,7 +210,7 @@ impl Config {
             admin_listen: cli.admin_listen.as_ref().map(|a| a.to_string()),
             hup: cli.hup,
             max_worker_memory: cli.max_worker_memory,
-            memory_check_interval: cli.memory_check_interval.max(Duration::from_millis(100)),
+            memory_check_interval,
             // 0 means off, as WatchdogSec=0 does in systemd.
             watchdog: cli.watchdog.filter(|d| !d.is_zero()),
             trace_command_args: cli.trace_command_args,

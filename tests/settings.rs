@@ -649,6 +649,20 @@ fn dry_run_lists_every_setting() {
     for (key, value) in want.as_object().unwrap() {
         assert_eq!(&p[key], value, "{key}");
     }
+    // What is in force, not what was typed.
+    let p = plan(
+        &[
+            "--memory-check-interval",
+            "10ms",
+            "--backoff-initial",
+            "2s",
+            "--backoff-max",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(p["memory_check_interval_ms"], 100);
+    assert_eq!(p["backoff"]["max_ms"], 2000);
     // Off by default: null, not a number that looks like a setting.
     let p = plan(&[], &[]);
     for key in [
