@@ -27,9 +27,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,12 +41,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::listen::Queue;
+use crate::listen::{self, Address, Host, Queue};
 
 /// Open connections at most; a new one beyond closes the oldest.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -179,35 +185,112 @@ impl Default for Limits {
     }
 }
 
-/// Parses an `--admin-listen` value: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all IPv4 interfaces).
-///
-/// Host names are refused on purpose: resolving one would block PID 1 on DNS at start.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let parsed = match s.strip_prefix(':') {
-        Some(port) => port
-            .parse::<u16>()
-            .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
-            .ok(),
-        None => s.parse::<SocketAddr>().ok(),
+/// Where `--admin-listen` serves: the TCP forms of the `--listen` grammar (`HOST:PORT`,
+/// `[IPV6]:PORT`, `:PORT` or a bare `PORT`), with the same meanings: `:PORT` is dual-stack, a
+/// host name is resolved when binding (to its first IPv4 address, else its first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminAddr {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addr = Address::Tcp {
+            host: self.host.clone(),
+            port: self.port,
+        };
+        write!(f, "{addr}")
+    }
+}
+
+/// Parses an `--admin-listen` value. Pure: a host name is only checked for its form here (clap
+/// runs this at parse time, so a bad value exits 2 naming the option or its variable).
+pub fn parse_listen_addr(s: &str) -> Result<AdminAddr, String> {
+    // The `--listen` rule for a name: a prefix before `=` without `:` or `/`.
+    if s.split_once('=')
+        .is_some_and(|(name, _)| !name.contains([':', '/']))
+    {
+        return Err("a NAME= prefix names a --listen socket; the admin address has none".into());
+    }
+    const EXPECTED: &str = "HOST:PORT, [IPV6]:PORT or :PORT";
+    match listen::parse_addr(s) {
+        Ok(Address::Tcp { host, port }) => Ok(AdminAddr { host, port }),
+        Ok(Address::Unix(_)) => Err(format!("the admin endpoint is TCP only ({EXPECTED})")),
+        Err(_) if s.starts_with('/') => Err(format!("the admin endpoint is TCP only ({EXPECTED})")),
+        // The `--listen` wording would offer NAME= and unix: forms refused here.
+        Err(why) if why.starts_with("expected") => Err(format!("expected {EXPECTED}")),
+        Err(why) => Err(format!("{why} (expected {EXPECTED})")),
+    }
+}
+
+/// Binds the admin socket: `:PORT` on `[::]` with IPV6_V6ONLY off (IPv4 and IPv6 clients, like
+/// `--listen`, so kubelet probes work on IPv6-only and dual-stack pods), or `0.0.0.0` when the
+/// kernel has no IPv6.
+fn bind_admin(addr: &AdminAddr) -> Result<StdTcpListener, String> {
+    let port = addr.port;
+    let target = match &addr.host {
+        Host::Any => {
+            let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+            match bind_tcp(v6) {
+                Err(Errno::EAFNOSUPPORT) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                done => return done.map_err(|e| bind_error(v6, e)),
+            }
+        }
+        Host::Ip(ip) => SocketAddr::new(*ip, port),
+        Host::Name(name) => {
+            let fail = |why: String| format!("cannot bind {name}:{port}: {why}");
+            let found: Vec<SocketAddr> = (name.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| fail(format!("cannot resolve {name}: {e}")))?
+                .collect();
+            *found
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(found.first())
+                .ok_or_else(|| fail(format!("{name} has no address")))?
+        }
     };
-    parsed.ok_or_else(|| {
-        format!("invalid --admin-listen {s:?}: expected IP:PORT, [IPv6]:PORT or :PORT")
-    })
+    bind_tcp(target).map_err(|e| bind_error(target, e))
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, Errno> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // What std's TcpListener::bind does: a restarted init gets its port back at once.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified()) {
+        // Dual-stack whatever net.ipv6.bindv6only says on this host.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(StdTcpListener::from(fd))
+}
+
+fn bind_error(addr: SocketAddr, e: Errno) -> String {
+    format!("cannot bind {addr}: {}", io_reason(&io::Error::from(e)))
 }
 
 impl Admin {
-    /// Binds now, so that a taken port is reported at start ("cannot bind 127.0.0.1:9090:
-    /// address in use", which the caller turns into exit 2). Serving starts with [`Admin::spawn`].
+    /// Binds `addr` ([`parse_listen_addr`]'s grammar; a host name is resolved here, once) now,
+    /// so that a taken port is reported at start ("cannot bind 127.0.0.1:9090: address in use",
+    /// which the caller turns into exit 2). Serving starts with [`Admin::spawn`].
     ///
-    /// Needs no runtime: the socket is bound with std and handed to tokio in `spawn`.
+    /// Needs no runtime: the socket is bound blocking-free with plain syscalls and handed to
+    /// tokio in `spawn`.
     pub fn bind(
         addr: &str,
         status: watch::Receiver<PoolStatus>,
         ping: mpsc::Sender<Ask>,
     ) -> Result<Admin, String> {
-        let addr = parse_listen_addr(addr)?;
-        let listener = StdTcpListener::bind(addr)
-            .map_err(|e| format!("cannot bind {addr}: {}", io_reason(&e)))?;
+        let parsed =
+            parse_listen_addr(addr).map_err(|why| format!("invalid address '{addr}': {why}"))?;
+        let listener = bind_admin(&parsed)?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("cannot bind {addr}: {}", io_reason(&e)))?;
@@ -982,21 +1065,53 @@ mod tests {
 
     #[test]
     fn listen_addr_forms() {
-        assert_eq!(
-            parse_listen_addr(":9090"),
-            Ok(SocketAddr::from(([0, 0, 0, 0], 9090)))
-        );
+        let tcp = |host, port| Ok(AdminAddr { host, port });
+        let ip = |s: &str| Host::Ip(s.parse().unwrap());
+        assert_eq!(parse_listen_addr(":9090"), tcp(Host::Any, 9090));
+        assert_eq!(parse_listen_addr("9090"), tcp(Host::Any, 9090));
         assert_eq!(
             parse_listen_addr("127.0.0.1:9090"),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 9090)))
+            tcp(ip("127.0.0.1"), 9090)
         );
+        assert_eq!(parse_listen_addr("[::]:9090"), tcp(ip("::"), 9090));
+        assert_eq!(parse_listen_addr("[::1]:0"), tcp(ip("::1"), 0));
         assert_eq!(
-            parse_listen_addr("[::]:9090"),
-            Ok(SocketAddr::from(([0u16; 8], 9090)))
+            parse_listen_addr("localhost:9090"),
+            tcp(Host::Name("localhost".into()), 9090)
         );
-        for bad in ["9090", "localhost:9090", ":", ":99999", ""] {
+        for (bad, why) in [
+            (":", "missing port"),
+            (":99999", "out of range"),
+            ("", "expected"),
+            ("::1:9090", "brackets"),
+            ("bad host:9090", "not a host name"),
+            ("unix:/run/admin.sock", "TCP only"),
+            ("/run/admin.sock", "TCP only"),
+            ("metrics=:9090", "NAME="),
+        ] {
             let err = parse_listen_addr(bad).expect_err(bad);
-            assert!(err.starts_with("invalid --admin-listen"), "{err}");
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn listen_addr_display_parses_back() {
+        for s in [":9090", "127.0.0.1:1", "[::1]:0", "localhost:9090"] {
+            let parsed = parse_listen_addr(s).unwrap();
+            assert_eq!(parsed.to_string(), s);
+            assert_eq!(parse_listen_addr(&parsed.to_string()), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn any_port_binds_dual_stack() {
+        let (_status_tx, status_rx) = watch::channel(sample_status());
+        let (ping_tx, _ping_rx) = mpsc::channel(1);
+        let admin = Admin::bind(":0", status_rx, ping_tx).expect("bind :0");
+        let port = admin.local_addr().port();
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("IPv4 client");
+        if admin.local_addr().is_ipv6() {
+            std::net::TcpStream::connect(("::1", port)).expect("IPv6 client");
         }
     }
 

@@ -1,17 +1,25 @@
 //! The command line: clap definitions, the `CLUSTER_INIT_*` env names, and the parsers that turn
-//! outside strings into types (`WorkerSpec`, durations, signals) once, so nothing past this module
-//! ever sees a raw string. Usage errors become one line and exit status 2.
+//! outside strings into types (`WorkerSpec`, durations, signals, addresses) once, so nothing past
+//! this module ever sees a raw string. Usage errors become one line and exit status 2, in the log
+//! format asked for even when the parse failed (see [`log_format_hint`]).
+//!
+//! Every option that takes a value also takes one that starts with `-` (`--stop-timeout -1s`),
+//! so that a negative value is refused by its own parser, naming the option, rather than taken
+//! for an unknown flag. No parser accepts a value starting with `-`, so a flag given where a
+//! value was due (`--stop-timeout --dry-run`) is refused the same way, never silently taken.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::ffi::OsStr;
+
 use clap::builder::BoolishValueParser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::pool::MAX_WORKERS;
 use crate::signals::{SIGRTMAX, SIGRTMIN};
-use clap::{Parser, ValueEnum};
 
 /// How many workers the pool runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,12 +302,42 @@ pub enum LogLevel {
     Trace,
 }
 
+/// What `--help` (and `-h`) adds after the options. Lines stay within 100 columns.
+const AFTER_HELP: &str = "\
+Examples:
+  cluster-init -- node server.js                    one worker per usable CPU
+  cluster-init -w max-1 --listen :8080 -- ./server  :8080 bound once, at fd 3 in every worker
+  CLUSTER_INIT_WORKERS=max-1 cluster-init -- ./server
+    In Kubernetes set options as `env` (CLUSTER_INIT_<NAME>): container `args` reach the server.
+
+Signals:
+  TERM, INT   graceful stop: the stop signal to every worker, SIGKILL after --stop-timeout
+              (a second TERM or INT: SIGKILL now)
+  QUIT        fast stop: SIGKILL to every worker now
+  HUP         rolling reload, slot by slot (--hup forward: forwarded instead)
+  TTIN, TTOU  add a worker slot, remove the highest one (never below 1)
+  others      forwarded to every worker's process group
+
+Exit status:
+  0           a requested stop where every worker ended by itself (exit 0 or the stop signal)
+  N, 128+N    a worker's exit code N, or its death by signal N (the first failure)
+  137         a worker had to be SIGKILLed (stop timeout, second TERM, QUIT)
+  127, 126    COMMAND not found, not executable
+  2           a bad flag or variable, a port already taken
+  1           cluster-init could not set itself up";
+
 /// PID 1 for containers: runs COMMAND as a supervised pool of workers, one per usable CPU.
 ///
 /// Every option can also be set with an environment variable CLUSTER_INIT_<NAME>
 /// (in Kubernetes, container `args` reach the server, not cluster-init).
 #[derive(Debug, Parser)]
-#[command(name = "cluster-init", version, trailing_var_arg = true)]
+#[command(
+    name = "cluster-init",
+    version,
+    trailing_var_arg = true,
+    max_term_width = 100,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Workers: N (>= 1), max (one per usable CPU), or max-K (never below 1)
     #[arg(short, long, env = "CLUSTER_INIT_WORKERS", default_value = "max", value_parser = WorkerSpec::from_str)]
@@ -404,9 +442,9 @@ pub struct Cli {
     #[arg(long, env = "CLUSTER_INIT_MIN_READY", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub min_ready: u32,
 
-    /// Serve /livez /readyz /metrics /status over HTTP on this address (off by default)
-    #[arg(long, env = "CLUSTER_INIT_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
+    /// Serve /livez /readyz /metrics /status over HTTP on HOST:PORT, [IPV6]:PORT or :PORT (dual-stack)
+    #[arg(long, env = "CLUSTER_INIT_ADMIN_LISTEN", value_parser = crate::admin::parse_listen_addr)]
+    pub admin_listen: Option<crate::admin::AdminAddr>,
 
     /// What SIGHUP does: reload (replace every worker, slot by slot) or forward
     #[arg(long, env = "CLUSTER_INIT_HUP", value_enum, default_value = "reload")]
@@ -458,51 +496,131 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
-/// What parsing produced: a command line to run, or an early exit (help, version, usage error).
+/// What parsing produced: a command line to run, or an early exit.
 pub enum Parsed {
     Run(Box<Cli>),
-    Exit {
-        code: i32,
+    /// `--help` or `--version`: this text on stdout, exit 0.
+    Print(String),
+    /// A usage error: exit 2 with this one line (without the program's name), written in
+    /// `log_format`.
+    Usage {
         message: String,
-        to_stderr: bool,
+        log_format: LogFormat,
     },
 }
 
+/// The command `parse` runs: the derived [`Cli`], with hyphen values allowed for every option
+/// that takes a value (see the module doc). Also what the tests render and walk, so they see
+/// every option exactly as parsing does.
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        if arg.get_action().takes_values() && !arg.is_positional() {
+            arg.allow_hyphen_values(true)
+        } else {
+            arg
+        }
+    })
+}
+
 /// Parses argv (and the environment, through clap's `env`). Never panics, never prints.
+///
+/// The single entry for argv: a `ctl` subcommand would be dispatched on the first argument
+/// before this, or become a clap subcommand here.
 pub fn parse<I, T>(args: I) -> Parsed
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = command();
+    let log_format = log_format_hint(&cmd, &args, |var| std::env::var_os(var));
+    let parsed = cmd
+        .try_get_matches_from(&args)
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches));
+    let cli = match parsed {
         Ok(cli) => cli,
-        Err(e) => return clap_error(e),
+        Err(e) => return clap_error(e, log_format),
     };
     if cli.command.is_empty() {
-        return usage("no command given: cluster-init [OPTIONS] -- COMMAND [ARGS...]".into());
+        return Parsed::Usage {
+            message: "no command given: cluster-init [OPTIONS] -- COMMAND [ARGS...]".into(),
+            log_format,
+        };
     }
     Parsed::Run(Box::new(cli))
 }
 
-fn usage(message: String) -> Parsed {
-    Parsed::Exit {
-        code: 2,
-        message: format!("cluster-init: {message}"),
-        to_stderr: true,
+/// The log format the command line asks for, found without clap's full parse: a usage error
+/// about any other option must already come out in it. `--log-format` in argv wins over its
+/// variable, as in clap; a bad value (which is then the error) gives text. The scan stops where
+/// clap starts the command: at `--` or the first positional argument, skipping the values of
+/// options given as separate arguments (`-w 2`), as clap does.
+pub fn log_format_hint(
+    cmd: &clap::Command,
+    args: &[OsString],
+    env: impl Fn(&OsStr) -> Option<OsString>,
+) -> LogFormat {
+    let target = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "log_format")
+        .expect("--log-format is an option");
+    let takes_value = |a: &clap::Arg| a.get_action().takes_values();
+    let long_takes_value = |long: &str| {
+        cmd.get_arguments()
+            .any(|a| a.get_long() == Some(long) && takes_value(a))
+    };
+    let short_takes_value = |c: char| {
+        cmd.get_arguments()
+            .any(|a| a.get_short() == Some(c) && takes_value(a))
+    };
+    let mut given: Option<Option<&OsStr>> = None;
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        let Some(text) = arg.to_str() else { break };
+        if text == "--" {
+            break;
+        }
+        if let Some(long) = text.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((name, value)) => (name, Some(OsStr::new(value))),
+                None => (long, None),
+            };
+            if Some(name) == target.get_long() {
+                given = Some(inline.or_else(|| rest.next().map(OsString::as_os_str)));
+            } else if inline.is_none() && long_takes_value(name) {
+                rest.next();
+            }
+        } else if let Some(shorts) = text.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // A cluster like `-w2` carries its value; a lone `-w` takes the next argument.
+            let mut chars = shorts.chars();
+            while let Some(c) = chars.next() {
+                if short_takes_value(c) {
+                    if chars.as_str().is_empty() {
+                        rest.next();
+                    }
+                    break;
+                }
+            }
+        } else {
+            break;
+        }
     }
+    let value = match given {
+        Some(value) => value.map(OsStr::to_os_string),
+        None => target.get_env().and_then(env),
+    };
+    value
+        .and_then(|v| <LogFormat as ValueEnum>::from_str(v.to_str()?, false).ok())
+        .unwrap_or(LogFormat::Text)
 }
 
 /// Turns clap's multi-line error into the one line our contract promises, naming the option, its
 /// environment variable when that is where the bad value came from, and the value.
-fn clap_error(e: clap::Error) -> Parsed {
+fn clap_error(e: clap::Error, log_format: LogFormat) -> Parsed {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            return Parsed::Exit {
-                code: 0,
-                message: e.render().to_string().trim_end().to_string(),
-                to_stderr: false,
-            }
+            return Parsed::Print(e.render().to_string().trim_end().to_string())
         }
         _ => {}
     }
@@ -513,7 +631,7 @@ fn clap_error(e: clap::Error) -> Parsed {
     };
     let arg = ctx(ContextKind::InvalidArg);
     let value = ctx(ContextKind::InvalidValue);
-    let line = match (e.kind(), arg, value) {
+    let message = match (e.kind(), arg, value) {
         (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg), Some(value)) => {
             let flag = arg.split_whitespace().next().unwrap_or(&arg).to_string();
             let from_env = env_name(&flag)
@@ -531,14 +649,31 @@ fn clap_error(e: clap::Error) -> Parsed {
             };
             format!("invalid value '{value}' for {named}: {why}")
         }
-        _ => {
+        (kind, arg, _) => {
             // clap's first line is already specific ("unexpected argument '--foo' found").
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid usage");
-            first.trim_start_matches("error: ").to_string()
+            let first = first.trim_start_matches("error: ");
+            // `--worker=2` is reported as `--worker`; the value is no part of the name.
+            let near = arg
+                .filter(|_| kind == ErrorKind::UnknownArgument)
+                .and_then(|typed| {
+                    let typed = typed.strip_prefix("--")?.split('=').next()?;
+                    let cmd = command();
+                    let longs = cmd.get_arguments().filter_map(|a| a.get_long());
+                    let known = ["help", "version"].into_iter().chain(longs);
+                    crate::suggest::closest(typed, known).map(str::to_string)
+                });
+            match near {
+                Some(near) => format!("{first}; did you mean '--{near}'?"),
+                None => first.to_string(),
+            }
         }
     };
-    usage(line)
+    Parsed::Usage {
+        message,
+        log_format,
+    }
 }
 
 /// `--stop-timeout` → `CLUSTER_INIT_STOP_TIMEOUT`.
@@ -548,6 +683,16 @@ pub fn env_name(flag: &str) -> Option<String> {
         "CLUSTER_INIT_{}",
         long.to_ascii_uppercase().replace('-', "_")
     ))
+}
+
+/// The environment variable of every option, from the clap definitions themselves, so that the
+/// list of known names cannot drift from the options.
+pub fn env_names() -> Vec<String> {
+    command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -619,7 +764,92 @@ mod tests {
     fn exit_of(args: &[&str]) -> (i32, String) {
         match parse(std::iter::once("cluster-init").chain(args.iter().copied())) {
             Parsed::Run(_) => (-1, String::new()),
-            Parsed::Exit { code, message, .. } => (code, message),
+            Parsed::Print(text) => (0, text),
+            Parsed::Usage { message, .. } => (2, message),
+        }
+    }
+
+    fn hint(args: &[&str], env: Option<&str>) -> LogFormat {
+        let args: Vec<OsString> = std::iter::once("cluster-init")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        log_format_hint(&command(), &args, |var| {
+            assert_eq!(var, "CLUSTER_INIT_LOG_FORMAT");
+            env.map(OsString::from)
+        })
+    }
+
+    #[test]
+    fn log_format_is_found_before_the_parse() {
+        use LogFormat::{Json, Text};
+        assert_eq!(hint(&[], None), Text);
+        assert_eq!(hint(&["--log-format", "json"], None), Json);
+        assert_eq!(hint(&["--log-format=json", "--bogus"], None), Json);
+        assert_eq!(
+            hint(&["--workers", "x", "--log-format", "json"], None),
+            Json
+        );
+        assert_eq!(hint(&["-w", "2", "--log-format", "json"], None), Json);
+        assert_eq!(hint(&["-w2", "--log-format", "json"], None), Json);
+        assert_eq!(hint(&["--dry-run", "--log-format", "json"], None), Json);
+        assert_eq!(hint(&[], Some("json")), Json);
+        assert_eq!(hint(&["--workers", "banana"], Some("json")), Json);
+        // The command line wins over the variable, as in clap.
+        assert_eq!(hint(&["--log-format", "text"], Some("json")), Text);
+        assert_eq!(hint(&["--log-format", "json"], Some("text")), Json);
+        // A bad log format is the error itself: said in plain text.
+        assert_eq!(hint(&["--log-format", "xml"], None), Text);
+        assert_eq!(hint(&["--log-format", "xml"], Some("json")), Text);
+        assert_eq!(hint(&[], Some("JSON")), Text);
+        assert_eq!(hint(&["--log-format"], Some("json")), Text);
+        // The command's own arguments are not ours.
+        assert_eq!(hint(&["--", "srv", "--log-format", "json"], None), Text);
+        assert_eq!(hint(&["--", "--log-format", "json"], None), Text);
+        assert_eq!(hint(&["srv", "--log-format", "json"], None), Text);
+        assert_eq!(hint(&["-w", "2", "srv", "--log-format=json"], None), Text);
+        // The value of another option is not a flag.
+        assert_eq!(hint(&["--listen", "--log-format=json"], None), Text);
+    }
+
+    #[test]
+    fn unknown_flags_suggest_the_closest() {
+        let (code, msg) = exit_of(&["--worker", "2", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(msg.ends_with("did you mean '--workers'?"), "{msg}");
+        let (_, msg) = exit_of(&["--stop-timout=5s", "--", "true"]);
+        assert!(msg.ends_with("did you mean '--stop-timeout'?"), "{msg}");
+        let (_, msg) = exit_of(&["--frobnicate", "--", "true"]);
+        assert!(!msg.contains("did you mean"), "{msg}");
+    }
+
+    #[test]
+    fn negative_values_reach_their_parser() {
+        let (code, msg) = exit_of(&["--stop-timeout", "-1s", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(
+            msg.starts_with("invalid value '-1s' for --stop-timeout: "),
+            "{msg}"
+        );
+        let (code, msg) = exit_of(&["-w", "-1", "--", "true"]);
+        assert_eq!(code, 2);
+        assert!(
+            msg.starts_with("invalid value '-1' for --workers: "),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn env_names_come_from_the_options() {
+        let names = env_names();
+        assert!(names.contains(&"CLUSTER_INIT_WORKERS".to_string()));
+        assert!(names.contains(&"CLUSTER_INIT_WORKER_OUTPUT".to_string()));
+        // Every option has one, and it is the one env_name derives from the flag.
+        let cmd = command();
+        for arg in cmd.get_arguments().filter(|a| !a.is_positional()) {
+            let long = format!("--{}", arg.get_long().unwrap());
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(env, env_name(&long), "{long}");
         }
     }
 

@@ -1,10 +1,13 @@
 //! The plan: everything the supervisor needs, resolved from the command line and the machine
 //! once (the pool size from the CPU budget, the program's path, the bound listeners), and its
-//! `--dry-run` form.
+//! `--dry-run` form: every setting in force (durations in ms, sizes in bytes, null for off), after
+//! the checks the real run makes, binding aside.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde_json::json;
 
 use crate::backoff;
@@ -121,6 +124,15 @@ impl Config {
         let budget_interval = live.then_some(cli.budget_interval);
         let program = Program::resolve(&cli.command, std::env::var_os("PATH").as_deref())
             .map_err(PlanError::CannotRun)?;
+        if !bind {
+            // The real run learns this from the failed exec (and says it the same way); a dry
+            // run must refuse what the real run would. A name without a slash was already
+            // found executable on PATH by `resolve`.
+            let first = Path::new(&cli.command[0]);
+            if first.as_os_str().as_bytes().contains(&b'/') {
+                check_executable(first, &program.display).map_err(PlanError::CannotRun)?;
+            }
+        }
 
         let inherited = if cli.listen.is_empty() {
             Listeners::from_activation()
@@ -149,6 +161,9 @@ impl Config {
                 cli.min_ready
             )));
         }
+        // The plan shows what is in force, after these adjustments.
+        let backoff_max = cli.backoff_max.max(cli.backoff_initial);
+        let memory_check_interval = cli.memory_check_interval.max(Duration::from_millis(100));
         let plan = json!({
             "workers": workers,
             "sizing": sizing,
@@ -159,20 +174,33 @@ impl Config {
             "budget_interval_ms": budget_interval.map(|d| d.as_millis() as u64),
             "restart": cli.restart.as_str(),
             "stop_signal": cli.stop_signal.name(),
-            "stop_timeout_ms": cli.stop_timeout.as_millis() as u64,
+            "stop_timeout_ms": ms(cli.stop_timeout),
             "backoff": {
-                "initial_ms": cli.backoff_initial.as_millis() as u64,
-                "max_ms": cli.backoff_max.as_millis() as u64,
-                "reset_after_ms": cli.backoff_reset.as_millis() as u64,
+                "initial_ms": ms(cli.backoff_initial),
+                "max_ms": ms(backoff_max),
+                "reset_after_ms": ms(cli.backoff_reset),
             },
-            "give_up_after_ms": (!cli.give_up_after.is_zero()).then_some(cli.give_up_after.as_millis() as u64),
+            "give_up_after_ms": (!cli.give_up_after.is_zero()).then(|| ms(cli.give_up_after)),
             "listen": cli.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
             "balance": cli.balance.as_str(),
             "backlog": listen::effective_backlog(cli.backlog),
             "ready": cli.ready.to_string(),
             "min_ready": cli.min_ready,
-            "admin_listen": cli.admin_listen,
+            "ready_timeout_ms": ms(cli.ready_timeout),
+            "admin_listen": cli.admin_listen.as_ref().map(|a| a.to_string()),
             "hup": match cli.hup { HupAction::Reload => "reload", HupAction::Forward => "forward" },
+            "max_worker_memory_bytes": cli.max_worker_memory,
+            "memory_check_interval_ms": ms(memory_check_interval),
+            "watchdog_ms": cli.watchdog.filter(|d| !d.is_zero()).map(ms),
+            "trace_command_args": cli.trace_command_args,
+            "stall_timeout_ms": (!cli.stall_timeout.is_zero()).then(|| ms(cli.stall_timeout)),
+            "budget_interval_ms": ms(cli.budget_interval),
+            "worker_memory_bytes": cli.worker_memory,
+            "memory_reserve_bytes": cli.memory_reserve,
+            "worker_output": value_name(cli.worker_output),
+            "no_subreaper": cli.no_subreaper,
+            "log_format": value_name(cli.log_format),
+            "log_level": value_name(cli.log_level),
             "per_worker_cpu_env": cpu_env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         let cfg = Config {
@@ -183,7 +211,7 @@ impl Config {
             stop_timeout: cli.stop_timeout,
             backoff: backoff::Policy {
                 initial: cli.backoff_initial,
-                max: cli.backoff_max.max(cli.backoff_initial),
+                max: backoff_max,
                 reset_after: cli.backoff_reset,
             },
             give_up_after: (!cli.give_up_after.is_zero()).then_some(cli.give_up_after),
@@ -195,10 +223,10 @@ impl Config {
             ready: cli.ready,
             ready_timeout: cli.ready_timeout,
             min_ready: cli.min_ready,
-            admin_listen: cli.admin_listen.clone(),
+            admin_listen: cli.admin_listen.as_ref().map(|a| a.to_string()),
             hup: cli.hup,
             max_worker_memory: cli.max_worker_memory,
-            memory_check_interval: cli.memory_check_interval.max(Duration::from_millis(100)),
+            memory_check_interval,
             // 0 means off, as WatchdogSec=0 does in systemd.
             watchdog: cli.watchdog.filter(|d| !d.is_zero()),
             trace_command_args: cli.trace_command_args,
@@ -209,4 +237,35 @@ impl Config {
         };
         Ok((cfg, plan))
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// How the option spells a value (`on-failure`, `json`), as `--help` lists it.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// What `execve` would say of `path`, without running it: 127 when it is missing, 126 when it is
+/// not an executable file (a directory, no execute permission), with the line the real run writes.
+fn check_executable(path: &Path, display: &str) -> Result<(), CannotRun> {
+    let errno = match std::fs::metadata(path) {
+        Err(e) => e.raw_os_error().unwrap_or(libc::ENOENT),
+        Ok(meta) if !meta.is_file() => libc::EACCES,
+        Ok(_) => match nix::unistd::access(path, nix::unistd::AccessFlags::X_OK) {
+            Ok(()) => return Ok(()),
+            Err(e) => e as i32,
+        },
+    };
+    Err(CannotRun {
+        code: if errno == libc::ENOENT { 127 } else { 126 },
+        message: format!(
+            "cannot run {display}: {}",
+            nix::errno::Errno::from_raw(errno).desc()
+        ),
+    })
 }

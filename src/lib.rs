@@ -23,6 +23,7 @@
 //! - `steer`: the reuseport steering program that keeps new connections off down slots
 //! - `backoff`: restart delays
 //! - `status`: exit statuses and what they make of ours
+//! - `suggest`: closest names for mistyped flags and unknown `CLUSTER_INIT_*` variables
 //! - `telemetry`: logs and OpenTelemetry traces of worker lives
 
 pub mod admin;
@@ -44,5 +45,6 @@ pub mod sink;
 pub mod spawn;
 pub mod status;
 pub mod steer;
+pub mod suggest;
 pub mod supervisor;
 pub mod telemetry;

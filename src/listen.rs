@@ -235,6 +235,12 @@ fn parse_address(s: &str) -> Result<Address, String> {
     })
 }
 
+/// One `ADDR` of the `--listen` grammar without the `NAME=` prefix, for the other options that
+/// take an address (`--admin-listen`). The error is the reason alone, for the caller to frame.
+pub fn parse_addr(s: &str) -> Result<Address, String> {
+    parse_address(s)
+}
+
 fn parse_host(host: &str) -> Result<Host, String> {
     if host.is_empty() {
         return Ok(Host::Any);

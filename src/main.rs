@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cluster_init::cli::{self, Parsed};
 use cluster_init::config::{Config, PlanError};
-use cluster_init::telemetry::{LogFormat, Settings, Telemetry};
-use cluster_init::{ctl, machine, signals, supervisor};
+use cluster_init::telemetry::{self, LogFormat, Settings, Telemetry};
+use cluster_init::{ctl, machine, signals, suggest, supervisor};
 use tracing::level_filters::LevelFilter;
 
 fn main() -> ExitCode {
@@ -29,24 +29,20 @@ fn main() -> ExitCode {
 fn run(signals: std::io::Result<()>) -> i32 {
     let cli = match cli::parse(std::env::args_os()) {
         Parsed::Run(cli) => cli,
-        Parsed::Exit {
-            code,
+        Parsed::Print(text) => {
+            println!("{text}");
+            return 0;
+        }
+        Parsed::Usage {
             message,
-            to_stderr,
+            log_format,
         } => {
-            if to_stderr {
-                eprintln!("{message}");
-            } else {
-                println!("{message}");
-            }
-            return code;
+            early_error(log_format, 2, &message);
+            return 2;
         }
     };
     let settings = Settings {
-        log_format: match cli.log_format {
-            cli::LogFormat::Text => LogFormat::Text,
-            cli::LogFormat::Json => LogFormat::Json,
-        },
+        log_format: log_format(cli.log_format),
         log_level: match cli.log_level {
             cli::LogLevel::Error => LevelFilter::ERROR,
             cli::LogLevel::Warn => LevelFilter::WARN,
@@ -62,7 +58,7 @@ fn run(signals: std::io::Result<()>) -> i32 {
     let mut telemetry = match Telemetry::init(&settings, |k| std::env::var(k).ok()) {
         Ok(t) => t,
         Err(message) => {
-            eprintln!("cluster-init: {message}");
+            early_error(cli.log_format, 2, &message);
             return 2;
         }
     };
@@ -74,6 +70,10 @@ fn run(signals: std::io::Result<()>) -> i32 {
         env!("CARGO_PKG_VERSION")
     );
     telemetry.log_notes();
+    let names: Vec<_> = std::env::vars_os().map(|(name, _)| name).collect();
+    for warning in suggest::unknown_vars(names, &cli::env_names()) {
+        tracing::warn!("{warning}");
+    }
     if let Err(e) = signals {
         tracing::error!("cannot take over signal handling: {e}");
         return 1;
@@ -95,4 +95,31 @@ fn run(signals: std::io::Result<()>) -> i32 {
         return 0;
     }
     supervisor::run(config, telemetry)
+}
+
+fn log_format(format: cli::LogFormat) -> LogFormat {
+    match format {
+        cli::LogFormat::Text => LogFormat::Text,
+        cli::LogFormat::Json => LogFormat::Json,
+    }
+}
+
+/// An error line written before (or without) the global subscriber. In JSON it is the very line
+/// the subscriber would write, so that an alert on `level` sees why a pod never started; in text
+/// it is the classic `cluster-init: ...` of a command-line tool.
+fn early_error(format: cli::LogFormat, code: i32, message: &str) {
+    match format {
+        cli::LogFormat::Text => eprintln!("cluster-init: {message}"),
+        cli::LogFormat::Json => {
+            let settings = Settings {
+                log_format: log_format(format),
+                log_level: LevelFilter::ERROR,
+                export_command_args: false,
+                flush_timeout: Duration::ZERO,
+            };
+            tracing::dispatcher::with_default(&telemetry::log_dispatch(&settings), || {
+                tracing::error!(process.exit.code = code, "{message}");
+            });
+        }
+    }
 }

@@ -607,6 +607,12 @@ impl Notes {
 
 /// Our lines on stderr (stdout belongs to the workers), without the lifecycle spans, whose fields
 /// the supervisor's lines already carry.
+/// The log lines alone, for what is written before (or without) [`Telemetry::init`]: usage
+/// errors and setup failures, in the same format as every later line.
+pub fn log_dispatch(settings: &Settings) -> Dispatch {
+    Dispatch::new(Registry::default().with(log_layer(settings)))
+}
+
 fn log_layer(settings: &Settings) -> Box<dyn Layer<Registry> + Send + Sync> {
     let not_life = filter_fn(|meta| !(meta.is_span() && meta.target() == LIFE));
     let filter = settings.log_level.and(not_life);

@@ -545,7 +545,13 @@ fn usage_errors_exit_2_with_one_line() {
 
 #[test]
 fn dry_run_prints_the_plan() {
+    // A dry run refuses a command the real run could not run: this one exists.
+    let dir = scratch();
+    let server = dir.path().join("server");
+    std::fs::write(&server, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = std::process::Command::new(common::bin())
+        .current_dir(dir.path())
         .args(["--dry-run", "-w", "3", "--", "./server", "--port", "80"])
         .env("CLUSTER_INIT_RESTART", "never")
         .output()
