@@ -434,7 +434,7 @@ pub struct Cli {
     #[arg(long, env = "CLUSTER_INIT_READY", default_value = "started", value_parser = ReadyMode::from_str)]
     pub ready: ReadyMode,
 
-    /// A worker not ready this long after its start has failed to start (counts for backoff)
+    /// A worker not ready this long after its start has failed to start (counts for backoff; 0 = no limit)
     #[arg(long, env = "CLUSTER_INIT_READY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
 
@@ -470,7 +470,7 @@ pub struct Cli {
     #[arg(long, env = "CLUSTER_INIT_STALL_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 
-    /// How often the CPU and memory budget is re-read to resize a `max` pool (0 = only at start)
+    /// How often the CPU and memory budget is re-read to resize a `max` pool (0 = only at start; at least 100ms)
     #[arg(long, env = "CLUSTER_INIT_BUDGET_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub budget_interval: Duration,
 

@@ -121,7 +121,8 @@ impl Config {
         };
         // Only a `max` pool follows its budget; `--workers N` means N.
         let live = matches!(cli.workers, WorkerSpec::Max { .. }) && !cli.budget_interval.is_zero();
-        let budget_interval = live.then_some(cli.budget_interval);
+        // Reading cgroup files more often than this only costs.
+        let budget_interval = live.then_some(cli.budget_interval.max(Duration::from_millis(100)));
         let program = Program::resolve(&cli.command, std::env::var_os("PATH").as_deref())
             .map_err(PlanError::CannotRun)?;
         if !bind {

@@ -328,12 +328,17 @@ fn read_sysctl(path: &str) -> Option<u32> {
 enum Sockets {
     /// Reuseport: one socket per slot, all bound to `addr`, whose port is the
     /// one the kernel picked for slot 0 when the spec said port 0. A slot's
-    /// entry is None while its socket is closed (its slot parked, or not bound
-    /// yet); `group` mirrors the order the kernel keeps them in.
+    /// entry is None while it has no socket (parked, removed, or not bound
+    /// yet). A socket taken from its slot while processes it was lent to may
+    /// still hold a copy is `retired`: it stays in the kernel's group until
+    /// its last copy closes, so it is closed (and leaves `group`, the mirror
+    /// of the kernel's order) only once those process groups are gone.
     PerSlot {
         addr: SocketAddr,
-        fds: Vec<Option<OwnedFd>>,
+        fds: Vec<Option<Lent>>,
+        retired: Vec<Lent>,
         group: Group,
+        next_key: u32,
     },
     /// One socket for every slot (None once closed for the final stop).
     /// `created` is set when we made the unix socket file and must remove it.
@@ -361,6 +366,24 @@ struct UnixFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+}
+
+/// A reuseport socket and the process groups it was lent to (its workers, each the leader of
+/// its own group, whose members inherit the fd).
+struct Lent {
+    key: u32,
+    fd: OwnedFd,
+    holders: Vec<i32>,
+}
+
+impl Lent {
+    fn new(key: u32, fd: OwnedFd) -> Lent {
+        Lent {
+            key,
+            fd,
+            holders: Vec::new(),
+        }
+    }
 }
 
 struct Entry {
@@ -518,7 +541,7 @@ impl Listeners {
                     .get(slot)
                     .and_then(Option::as_ref)
                     .or_else(|| fds.iter().flatten().next())
-                    .map(|fd| fd.as_raw_fd()),
+                    .map(|lent| lent.fd.as_raw_fd()),
                 Sockets::Shared { fd, .. } => fd.as_ref().map(|fd| fd.as_raw_fd()),
             })
             .collect()
@@ -553,12 +576,20 @@ impl Listeners {
                 }
             }
             for (i, fd) in bound {
-                if let Sockets::PerSlot { fds, group, .. } = &mut self.entries[i].sockets {
+                if let Sockets::PerSlot {
+                    fds,
+                    group,
+                    next_key,
+                    ..
+                } = &mut self.entries[i].sockets
+                {
                     if fds.len() <= slot {
                         fds.resize_with(slot + 1, || None);
                     }
-                    fds[slot] = Some(fd);
-                    group.joined(slot as u32);
+                    let key = *next_key;
+                    *next_key += 1;
+                    fds[slot] = Some(Lent::new(key, fd));
+                    group.joined(key);
                 }
             }
         }
@@ -566,41 +597,96 @@ impl Listeners {
         Ok(())
     }
 
-    /// Closes `slot`'s own sockets while it is down, so that with
-    /// [`tcp_migrate_req`] the kernel moves their queued connections to the
-    /// sockets of the slots that serve. A socket that is the last open one of
-    /// its address stays: it holds the port. True when something was closed.
-    pub fn close_slot(&mut self, slot: usize) -> bool {
-        let mut closed = false;
+    /// `slot`'s sockets were handed to the worker whose process group is
+    /// `pgid`: they stay open while that group lives, even once the slot lets
+    /// them go. Groups no longer `alive` are forgotten.
+    pub fn lend(&mut self, slot: usize, pgid: i32, alive: impl Fn(i32) -> bool) {
         for entry in &mut self.entries {
-            if let Sockets::PerSlot { fds, group, .. } = &mut entry.sockets {
-                let open = fds.iter().flatten().count();
-                if open > 1 {
-                    if let Some(fd) = fds.get_mut(slot).and_then(Option::take) {
-                        drop(fd);
-                        group.left(slot as u32);
-                        closed = true;
-                    }
+            if let Sockets::PerSlot { fds, .. } = &mut entry.sockets {
+                if let Some(Some(lent)) = fds.get_mut(slot) {
+                    lent.holders.retain(|&g| alive(g));
+                    lent.holders.push(pgid);
                 }
             }
         }
-        closed
     }
 
-    /// Closes the highest slot's sockets. Connections queued on them are reset
-    /// unless [`tcp_migrate_req`] is on, so stop that slot's worker first and
-    /// let it drain. The last slot is kept: its sockets hold the port.
-    pub fn remove_slot(&mut self) {
-        if self.slots <= 1 {
-            return;
-        }
-        self.close_slot(self.slots - 1);
-        self.slots -= 1;
+    /// Takes `slot`'s own sockets from it: a slot that is down (parked: with
+    /// [`tcp_migrate_req`] the kernel moves their queued connections to the
+    /// sockets of the slots that serve) or removed. Each is closed now if no
+    /// group it was lent to is `alive`, else when [`Listeners::tend`] finds
+    /// them gone. A socket that is the last open one of its address stays:
+    /// it holds the port. True when the kernel's order changed (steer again).
+    pub fn close_slot(&mut self, slot: usize, alive: impl Fn(i32) -> bool) -> bool {
+        let mut changed = false;
         for entry in &mut self.entries {
-            if let Sockets::PerSlot { fds, .. } = &mut entry.sockets {
-                fds.truncate(self.slots);
+            if let Sockets::PerSlot {
+                fds,
+                retired,
+                group,
+                ..
+            } = &mut entry.sockets
+            {
+                if fds.iter().flatten().count() <= 1 {
+                    continue;
+                }
+                if let Some(mut lent) = fds.get_mut(slot).and_then(Option::take) {
+                    lent.holders.retain(|&g| alive(g));
+                    if lent.holders.is_empty() {
+                        group.left(lent.key);
+                        changed = true;
+                    } else {
+                        retired.push(lent);
+                    }
+                }
+                while fds.last().is_some_and(Option::is_none) {
+                    fds.pop();
+                }
             }
         }
+        self.slots = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.sockets {
+                Sockets::PerSlot { fds, .. } => Some(fds.len()),
+                Sockets::Shared { .. } => None,
+            })
+            .max()
+            .unwrap_or(self.slots)
+            .max(1);
+        changed
+    }
+
+    /// Closes the retired sockets whose process groups are all gone. True
+    /// when the kernel's order changed (steer again).
+    pub fn tend(&mut self, alive: impl Fn(i32) -> bool) -> bool {
+        let mut changed = false;
+        for entry in &mut self.entries {
+            if let Sockets::PerSlot { retired, group, .. } = &mut entry.sockets {
+                retired.retain_mut(|lent| {
+                    lent.holders.retain(|&g| alive(g));
+                    if lent.holders.is_empty() {
+                        group.left(lent.key);
+                        changed = true;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        changed
+    }
+
+    /// Sockets kept open for groups that still hold them, over every address.
+    pub fn retired(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| match &e.sockets {
+                Sockets::PerSlot { retired, .. } => retired.len(),
+                Sockets::Shared { .. } => 0,
+            })
+            .sum()
     }
 
     /// Steers new connections on every reuseport address to the sockets of
@@ -610,11 +696,18 @@ impl Listeners {
     pub fn steer(&self, serving: &[u32]) -> Result<usize, String> {
         let mut attached = 0;
         for entry in &self.entries {
-            if let Sockets::PerSlot { addr, fds, group } = &entry.sockets {
-                let Some(fd) = fds.iter().flatten().next() else {
+            if let Sockets::PerSlot {
+                addr, fds, group, ..
+            } = &entry.sockets
+            {
+                let Some(first) = fds.iter().flatten().next() else {
                     continue;
                 };
-                steer::attach(fd.as_raw_fd(), &group.program(serving))
+                let keys: Vec<u32> = serving
+                    .iter()
+                    .filter_map(|&s| fds.get(s as usize)?.as_ref().map(|l| l.key))
+                    .collect();
+                steer::attach(first.fd.as_raw_fd(), &group.program(&keys))
                     .map_err(|e| format!("cannot steer {addr}: {e}"))?;
                 attached += 1;
             }
@@ -630,7 +723,7 @@ impl Listeners {
                 Sockets::PerSlot { fds, .. } => fds
                     .iter()
                     .enumerate()
-                    .filter_map(|(slot, fd)| Some((Some(slot as u32), fd.as_ref()?)))
+                    .filter_map(|(slot, lent)| Some((Some(slot as u32), &lent.as_ref()?.fd)))
                     .collect(),
                 Sockets::Shared { fd, .. } => fd.iter().map(|fd| (None, fd)).collect(),
             };
@@ -656,8 +749,14 @@ impl Listeners {
     pub fn close_all(&mut self) {
         for entry in &mut self.entries {
             match &mut entry.sockets {
-                Sockets::PerSlot { fds, group, .. } => {
+                Sockets::PerSlot {
+                    fds,
+                    retired,
+                    group,
+                    ..
+                } => {
                     fds.clear();
+                    retired.clear();
                     *group = Group::default();
                 }
                 Sockets::Shared { fd, .. } => *fd = None,
@@ -783,16 +882,17 @@ fn bind_tcp_spec(
         Some(bound) => SocketAddr::new(first_addr.ip(), bound.port()),
         None => first_addr,
     };
-    let mut fds = vec![Some(first)];
-    for _ in 1..slots {
-        fds.push(Some(
-            bind_tcp(addr, true, backlog).map_err(|e| bind_error(&addr, e))?,
-        ));
+    let mut fds = vec![Some(Lent::new(0, first))];
+    for key in 1..slots as u32 {
+        let fd = bind_tcp(addr, true, backlog).map_err(|e| bind_error(&addr, e))?;
+        fds.push(Some(Lent::new(key, fd)));
     }
     Ok(Sockets::PerSlot {
         addr,
         fds,
+        retired: Vec::new(),
         group: Group::new(slots as u32),
+        next_key: slots as u32,
     })
 }
 
@@ -1263,14 +1363,14 @@ mod tests {
             .describe()
             .iter()
             .all(|d| d.contains("reuseport x3")));
-        listeners.remove_slot();
-        listeners.remove_slot();
+        assert!(listeners.close_slot(2, |_| false));
+        assert!(listeners.close_slot(1, |_| false));
         assert_eq!(listeners.slots(), 1);
         assert!(listeners
             .describe()
             .iter()
             .all(|d| d.contains("reuseport x1")));
-        listeners.remove_slot();
+        assert!(!listeners.close_slot(0, |_| false));
         assert_eq!(listeners.slots(), 1, "the last slot holds the port");
         // Still ours: an outsider without SO_REUSEPORT cannot take it.
         assert!(TcpListener::bind(("127.0.0.1", ports[0])).is_err());
@@ -1311,6 +1411,86 @@ mod tests {
                 .all(|d| d.contains("reuseport x1")),
             "rolled back"
         );
+    }
+
+    #[test]
+    fn a_closed_slots_next_worker_gets_a_socket_of_its_own() {
+        let mut listeners =
+            Listeners::bind(&[spec("127.0.0.1:0")], Balance::ReusePort, 3, 128).expect("bind");
+        let zero = listeners.fds_for_slot(0);
+        assert!(listeners.close_slot(1, |_| false), "parked");
+        listeners.ensure_slot(1).expect("rebind");
+        let one = listeners.fds_for_slot(1);
+        assert_ne!(one, zero, "slot 1's next worker shares slot 0's socket");
+        assert_eq!(port_of(one[0]), port_of(zero[0]));
+    }
+
+    #[test]
+    fn closing_a_slot_closes_that_slot_and_no_other() {
+        let mut listeners =
+            Listeners::bind(&[spec("127.0.0.1:0")], Balance::ReusePort, 2, 128).expect("bind");
+        listeners.add_slot().expect("slot 2");
+        let two = listeners.fds_for_slot(2);
+        // Slot 3 never got a socket (its start was still to come).
+        assert!(!listeners.close_slot(3, |_| false));
+        assert_eq!(listeners.fds_for_slot(2), two, "slot 2 lost its socket");
+        assert_eq!(listeners.slots(), 3);
+    }
+
+    /// The kernel keeps a socket in the group while any process holds a copy: a slot's socket
+    /// lent to a group still alive stays open (and in the mirror) until that group is gone, so
+    /// the program never points at a socket nobody accepts on.
+    #[test]
+    fn a_socket_still_held_by_a_live_group_stays_until_the_group_is_gone() {
+        let mut listeners =
+            Listeners::bind(&[spec("127.0.0.1:0")], Balance::ReusePort, 3, 1024).expect("bind");
+        let fds: Vec<RawFd> = (0..3).map(|s| listeners.fds_for_slot(s)[0]).collect();
+        let port = port_of(fds[0]);
+        listeners.lend(1, 4242, |_| true);
+        // SAFETY: a dup of an fd the Listeners owns: the lent worker's copy of fd 3.
+        let held = unsafe { OwnedFd::from_raw_fd(libc::fcntl(fds[1], libc::F_DUPFD_CLOEXEC, 3)) };
+        let alive = std::cell::Cell::new(true);
+        assert!(
+            !listeners.close_slot(1, |_| alive.get()),
+            "kept for its holder"
+        );
+        assert_eq!(listeners.retired(), 1);
+        listeners.steer(&[0, 2]).expect("steer");
+        let live = vec![fds[0], fds[2], held.as_raw_fd()];
+        set_nonblocking(&live);
+        let clients: Vec<TcpStream> = (0..60)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let counts = accept_all(&live, clients.len());
+        assert_eq!(
+            counts[2], 0,
+            "steered to the closed slot's socket: {counts:?}"
+        );
+        assert!(counts[0] > 0 && counts[1] > 0, "{counts:?}");
+        // Its holder is gone: the socket closes, the kernel's order changes.
+        assert!(!listeners.tend(|_| true));
+        drop(held);
+        alive.set(false);
+        assert!(
+            listeners.tend(|_| alive.get()),
+            "closed once its holder is gone"
+        );
+        assert_eq!(listeners.retired(), 0);
+        listeners.steer(&[0, 2]).expect("steer");
+        drop(clients);
+        let clients: Vec<TcpStream> = (0..60)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let counts = accept_all(
+            &fds[..1]
+                .iter()
+                .chain(&fds[2..])
+                .copied()
+                .collect::<Vec<_>>(),
+            clients.len(),
+        );
+        assert_eq!(counts.iter().sum::<usize>(), 60, "{counts:?}");
+        assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
     }
 
     #[test]

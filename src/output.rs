@@ -10,7 +10,8 @@
 //! Each pipe is read by a task of its own, at most [`READ_CHUNK`] bytes at a time, with the
 //! loop and every other pipe served between reads, so a worker that floods cannot hold up the
 //! loop or the other workers' pipes. When the stream out does not keep up (more than
-//! [`HIGH_WATER`] bytes queued), relays stop reading until it drains: the flood then waits in
+//! [`HIGH_WATER`] bytes queued), relays stop reading until the loop, waiting for the stream to
+//! take more, has written some of it ([`room_made`]): the flood then waits in
 //! the flooding worker's own pipe (its writes block, as they would on a slow terminal), the
 //! init itself never waits, and a quiet worker's line still goes out in its turn. A relay reads
 //! until its pipe's end (every writer gone: the worker and whatever of its group inherited it),
@@ -32,8 +33,23 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Relays stop reading while more than this waits for the stream out (well below the sink's
 /// bound, so relayed lines are delayed, not dropped).
 pub const HIGH_WATER: usize = 96 * 1024;
-/// How often a relay that stopped looks whether the stream out drained.
-const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Wakes the relays waiting for room in a stream out. One waker for every relay: a stalled stream
+/// costs nothing per worker until it moves.
+static ROOM: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Wakes the loop when a relay left lines queued: only the loop waits for the stream to take
+/// them.
+static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The loop wrote some of what waited for stderr or stdout: relays waiting for room look again.
+pub fn room_made() {
+    ROOM.notify_waiters();
+}
+
+/// Returns once a relay has left lines queued for a stream that did not take them at once.
+pub async fn lines_queued() {
+    QUEUED.notified().await;
+}
 
 /// Which of a worker's streams a pipe carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,17 +132,23 @@ async fn pump(mode: WorkerOutput, fd: OwnedFd, stream: Stream, origin: Rc<Origin
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        while stream.sink().queued() > HIGH_WATER && !stream.sink().flush() {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
         let Ok(mut guard) = fd.readable().await else {
             break;
         };
+        // Checked right before the read, with no wait between: relays woken together read in
+        // turn, each seeing what the one before queued.
+        while stream.sink().queued() > HIGH_WATER && !stream.sink().flush() {
+            QUEUED.notify_one();
+            ROOM.notified().await;
+        }
         match nix::unistd::read(fd.get_ref(), &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
                 emit_lines(mode, stream, &origin, &mut pending);
+                if stream.sink().queued() > 0 {
+                    QUEUED.notify_one();
+                }
                 // Another worker's pipe, and the loop, get their turn between reads.
                 tokio::task::yield_now().await;
             }

@@ -475,7 +475,9 @@ impl Reporter {
             (r, Then::End(RestartPolicy::Never)) if !exit.success() && r != ExitReason::Stopped => {
                 Level::WARN
             }
-            (r, Then::Restart { .. } | Then::Replaced) if r.is_failure() => Level::WARN,
+            (r, Then::Restart { .. } | Then::Replaced | Then::Kept) if r.is_failure() => {
+                Level::WARN
+            }
             (_, Then::Gone) => Level::INFO,
             _ => Level::INFO,
         };
@@ -483,6 +485,7 @@ impl Reporter {
         let next = match then {
             Then::Restart { delay } => format!("restart #{restarts} in {}ms", delay.as_millis()),
             Then::Replaced => "its successor holds the slot".to_string(),
+            Then::Kept => "the worker it was to replace keeps the slot".to_string(),
             Then::End(policy) => format!("not restarted ({})", policy.as_str()),
             Then::Gone => "not restarted".to_string(),
         };

@@ -67,6 +67,11 @@ pub fn stdout() -> &'static Sink {
     STDOUT.get_or_init(|| Sink::open(libc::STDOUT_FILENO))
 }
 
+/// The stdout sink if anything opened it (only relays do).
+pub fn stdout_if_open() -> Option<&'static Sink> {
+    STDOUT.get()
+}
+
 impl Sink {
     /// A sink for `target` (a descriptor of ours, which stays open and untouched).
     pub fn open(target: RawFd) -> Sink {

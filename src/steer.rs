@@ -3,10 +3,12 @@
 //! of the kernel's socket order that program indexes, and a listener's accept queue (`TCP_INFO`).
 //!
 //! The kernel keeps a reuseport group's sockets in an array, in the order they started
-//! listening; closing one moves the last into its place. A steering program returns an index
-//! into that array, so [`Group`] mirrors it: [`Group::joined`] and [`Group::left`] are called for
-//! every `listen` and `close` of the group's sockets, and [`Group::program`] turns the set of
-//! serving slots into indices. An index at or past the array's end (what the program returns
+//! listening; the last close of one (every process's copy) moves the last into its place. A
+//! steering program returns an index into that array, so [`Group`] mirrors it: [`Group::joined`]
+//! and [`Group::left`] are called for every `listen` and every last `close` of the group's
+//! sockets (each known by a key of its own, since a slot may get a new socket while its old one
+//! is still open elsewhere), and [`Group::program`] turns the keys of the serving sockets into
+//! indices. An index at or past the array's end (what the program returns
 //! when nothing serves) makes the kernel fall back to its own hash over every socket, so
 //! connections queue as they would without a program and are served by the first worker back.
 //!
@@ -63,39 +65,39 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The kernel's array of one reuseport group, as slot ids.
+/// The kernel's array of one reuseport group, as socket keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Group {
     order: Vec<u32>,
 }
 
 impl Group {
-    /// A group whose sockets, one per slot, joined in slot order.
-    pub fn new(slots: u32) -> Group {
+    /// A group whose sockets, keyed 0..n, joined in key order.
+    pub fn new(n: u32) -> Group {
         Group {
-            order: (0..slots).collect(),
+            order: (0..n).collect(),
         }
     }
 
-    /// `slot`'s socket started listening: it joins at the end.
-    pub fn joined(&mut self, slot: u32) {
-        self.order.push(slot);
+    /// Socket `key` started listening: it joins at the end.
+    pub fn joined(&mut self, key: u32) {
+        self.order.push(key);
     }
 
-    /// `slot`'s socket was closed: the last socket takes its place.
-    pub fn left(&mut self, slot: u32) {
-        if let Some(i) = self.order.iter().position(|&s| s == slot) {
+    /// Socket `key`'s last copy was closed: the last socket takes its place.
+    pub fn left(&mut self, key: u32) {
+        if let Some(i) = self.order.iter().position(|&k| k == key) {
             self.order.swap_remove(i);
         }
     }
 
-    /// The kernel index of each slot, in kernel order.
+    /// The socket keys, in kernel order.
     pub fn order(&self) -> &[u32] {
         &self.order
     }
 
-    /// The program that spreads new connections over `serving` (slot ids; those without a
-    /// socket in the group are left out).
+    /// The program that spreads new connections over the sockets `serving` (keys; those not in
+    /// the group are left out).
     pub fn program(&self, serving: &[u32]) -> Vec<libc::sock_filter> {
         let targets: Vec<u32> = serving
             .iter()
@@ -220,7 +222,7 @@ mod tests {
         assert_eq!(g.order(), [0, 3, 2, 1]);
         g.left(1);
         assert_eq!(g.order(), [0, 3, 2]);
-        // Slot 3 serves at kernel index 1 now.
+        // Socket 3 is at kernel index 1 now.
         let p = g.program(&[3]);
         assert_eq!(p.last().map(|i| i.k), Some(1));
     }

@@ -140,6 +140,8 @@ struct Supervisor {
     cpu_budget: f64,
     /// The last failure to read the budget, warned about once.
     budget_warning: Option<String>,
+    /// Lines dropped on stderr and stdout, not yet told in a warning.
+    unreported_drops: [u64; 2],
     /// Tasks relaying workers' output (`--worker-output`), until each pipe's end.
     relays: Vec<tokio::task::JoinHandle<()>>,
     /// Steering programs attached so far (one per reuseport address per change of the serving
@@ -195,6 +197,7 @@ impl Supervisor {
             steering_updates: 0,
             cpu_budget: cfg.cpu.budget,
             budget_warning: None,
+            unreported_drops: [0, 0],
             relays: Vec::new(),
             start: now,
             start_wall: SystemTime::now(),
@@ -242,7 +245,6 @@ impl Supervisor {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let sink_fd = sink::stderr().pending_fd();
             tokio::select! {
                 biased;
                 batch = signals.next_batch() => match batch {
@@ -259,9 +261,7 @@ impl Supervisor {
                 },
                 Some(ask) = ping_rx.recv() => self.answer(ask),
                 Some(used) = self.memory_rx.recv() => self.step(Event::Memory(used)),
-                _ = writable(sink_fd) => {
-                    sink::stderr().flush();
-                }
+                _ = flush_sinks() => {}
                 _ = sleep_until_opt(deadline) => {}
             }
         }
@@ -359,8 +359,10 @@ impl Supervisor {
                 self.measure(pids);
                 None
             }
-            Effect::CloseSlot(_) => {
-                self.cfg.listeners.remove_slot();
+            Effect::CloseSlot(slot) | Effect::Park(slot) => {
+                if self.cfg.listeners.close_slot(slot as usize, group_alive) {
+                    self.steer_again();
+                }
                 None
             }
             Effect::Serving(slots) => {
@@ -369,10 +371,6 @@ impl Supervisor {
             }
             Effect::SampleQueues => Some(Event::Queues(self.slot_queues())),
             Effect::ReadBudget => self.read_budget(),
-            Effect::Park(slot) => {
-                self.cfg.listeners.close_slot(slot as usize);
-                None
-            }
             Effect::CloseListeners => {
                 self.cfg.listeners.close_all();
                 self.steering = Steering::Off("the pool is stopping");
@@ -400,7 +398,24 @@ impl Supervisor {
                 let _ = r.await;
             }
         };
-        let _ = tokio::time::timeout(RELAY_DRAIN, all).await;
+        tokio::pin!(all);
+        // The relays wait for room in the streams out, which only flushing makes.
+        let drained = async {
+            loop {
+                tokio::select! {
+                    _ = &mut all => return,
+                    _ = flush_sinks() => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(RELAY_DRAIN, drained).await;
+    }
+
+    /// The kernel's order of a reuseport group changed (a socket's last copy closed): the
+    /// program's indices must follow, for the same serving slots.
+    fn steer_again(&mut self) {
+        let serving = self.pool.serving().to_vec();
+        self.steer(&serving);
     }
 
     /// Points the reuseport steering programs at the slots that serve now.
@@ -460,18 +475,17 @@ impl Supervisor {
 
     /// Forks a worker for `slot`; the answer is the event the pool waits for.
     fn spawn(&mut self, slot: u32, generation: u64, workers: u32) -> Event {
-        // A slot added by scale-up gets its sockets here, on its first start.
-        while self.cfg.listeners.slots() <= slot as usize {
-            if let Err(e) = self.cfg.listeners.add_slot() {
-                warn!(
-                    cluster_init.worker.slot = slot,
-                    "cannot add a socket for the slot: {e}"
-                );
-                return Event::SpawnFailed {
-                    slot,
-                    errno: libc::EMFILE,
-                };
-            }
+        // A slot added by scale-up gets its sockets here, on its first start; a parked or
+        // re-added slot gets new ones.
+        if let Err(e) = self.cfg.listeners.ensure_slot(slot as usize) {
+            warn!(
+                cluster_init.worker.slot = slot,
+                "cannot add a socket for the slot: {e}"
+            );
+            return Event::SpawnFailed {
+                slot,
+                errno: libc::EMFILE,
+            };
         }
         let mut extra = vec![
             ("CLUSTER_WORKER_ID".to_string(), slot.to_string()),
@@ -519,6 +533,7 @@ impl Supervisor {
         match spawn::spawn(&self.cfg.program, env, &fds, stdio) {
             Ok(forked) => {
                 let pid = forked.pid;
+                self.cfg.listeners.lend(slot as usize, pid, group_alive);
                 if let Some(pipes) = pipes {
                     let origin = output::Origin {
                         slot,
@@ -601,8 +616,12 @@ impl Supervisor {
         });
     }
 
-    /// Tells the pool about draining process groups that have emptied.
+    /// Tells the pool about draining process groups that have emptied, and closes the sockets
+    /// only such groups still held.
     fn tend_draining(&mut self) {
+        if self.cfg.listeners.tend(group_alive) {
+            self.steer_again();
+        }
         let gone: Vec<i32> = self
             .pool
             .draining()
@@ -686,15 +705,28 @@ impl Supervisor {
         }
     }
 
+    /// Counts lines the sinks dropped, and says so once stderr moves again: a warning into a
+    /// full queue would only be dropped too.
     fn log_dropped_lines(&mut self) {
-        let dropped = sink::stderr().take_dropped();
-        if dropped > 0 {
-            self.pool_dropped_lines(dropped);
-            warn!(
-                cluster_init.log.dropped = dropped,
-                "{dropped} log lines dropped: stderr was not being read"
-            );
+        let err = sink::stderr().take_dropped();
+        let out = sink::stdout_if_open().map_or(0, |s| s.take_dropped());
+        if err + out > 0 {
+            self.pool_dropped_lines(err + out);
+            self.unreported_drops[0] += err;
+            self.unreported_drops[1] += out;
         }
+        if self.unreported_drops == [0, 0] || sink::stderr().queued() > 0 {
+            return;
+        }
+        for (n, stream) in self.unreported_drops.iter().zip(["stderr", "stdout"]) {
+            if *n > 0 {
+                warn!(
+                    cluster_init.log.dropped = n,
+                    "{n} log lines dropped: {stream} was not being read"
+                );
+            }
+        }
+        self.unreported_drops = [0, 0];
     }
 
     fn pool_dropped_lines(&mut self, dropped: u64) {
@@ -843,6 +875,30 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Resolves when `fd` (stderr's private description, holding queued lines) can take more.
+/// Waits until stderr or stdout (when relaying) can take some of what is queued for it, writes
+/// it, and wakes the relays that wait for room.
+async fn flush_sinks() {
+    loop {
+        let err = sink::stderr().pending_fd();
+        let out = sink::stdout_if_open().and_then(|s| s.pending_fd());
+        if err.is_none() && out.is_none() {
+            // Relays queue lines while the loop waits here: they say so.
+            output::lines_queued().await;
+            continue;
+        }
+        tokio::select! {
+            _ = writable(err) => {}
+            _ = writable(out) => {}
+        }
+        break;
+    }
+    sink::stderr().flush();
+    if let Some(out) = sink::stdout_if_open() {
+        out.flush();
+    }
+    output::room_made();
+}
+
 async fn writable(fd: Option<std::os::fd::RawFd>) {
     let Some(fd) = fd else {
         return std::future::pending().await;
@@ -862,7 +918,9 @@ fn signal_group(pgid: i32, sig: i32) {
 
 fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    let r = unsafe { libc::kill(-pgid, 0) };
+    // EPERM: a member changed its credentials (setuid), yet it lives.
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// As PID 1 we already adopt every orphan; elsewhere (docker run without --init, systemd, tests)

@@ -200,3 +200,45 @@ fn a_flooding_worker_never_holds_up_the_init_or_the_other_workers() {
         "a torn line"
     );
 }
+
+/// A reader that stops for a while (a log shipper's hiccup): the lines it missed all arrive
+/// once it reads again, while the worker writes nothing more, with no line to push them out.
+#[test]
+fn lines_queued_while_the_reader_paused_go_out_when_it_reads_again() {
+    // 400 lines of about 300 bytes, then silence: what the pipe out cannot hold waits in the
+    // init's queue, below the mark at which relays stop reading.
+    let script = "i=0; pad=$(printf '%0280d' 0); while [ $i -lt 400 ]; do echo \"n$i $pad\"; i=$((i+1)); done; exec sleep 60";
+    let mut args = vec!["-w", "1", "--worker-output", "prefix", "--"];
+    args.extend(["sh", "-c", script]);
+    let Some(mut init) = Init::start_with(Mode::Subreaper, &args, &[], |cmd| {
+        cmd.stdout(Stdio::piped());
+    }) else {
+        return;
+    };
+    let out = init.take_stdout().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Not reading while the worker writes: the pipe fills, the init queues.
+        std::thread::sleep(Duration::from_secs(2));
+        for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+            if tx.send(line.len()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = 0;
+    let end = Instant::now() + Duration::from_secs(12);
+    while lines < 400 && Instant::now() < end {
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            lines += 1;
+        }
+    }
+    init.signal(libc::SIGTERM);
+    let _ = init.wait(LONG);
+    assert_eq!(
+        lines,
+        400,
+        "{lines} of 400 lines arrived; log:\n{}",
+        init.log()
+    );
+}

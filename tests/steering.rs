@@ -270,16 +270,128 @@ fn in_netns_of<T: Send + 'static>(pid: i32, f: impl FnOnce() -> T + Send + 'stat
     .expect("netns thread")
 }
 
+/// Puts the init in a network namespace of its own, with lo up and net.ipv4.tcp_migrate_req=1
+/// there only.
+fn own_netns_with_migrate(cmd: &mut std::process::Command) {
+    let sysctl = std::ffi::CString::new("/proc/sys/net/ipv4/tcp_migrate_req").unwrap();
+    // SAFETY: unshare, socket, ioctl, open, write and close are async-signal-safe, and every
+    // buffer was made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            ifr.ifr_name[..3].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char, 0]);
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK) as libc::c_short;
+            if libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(s);
+            let fd = libc::open(sysctl.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"1".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+}
+
+fn migrate_tier_ready() -> bool {
+    common::require(common::is_root(), "root (a network namespace of its own)")
+        && common::require(
+            std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists(),
+            "net.ipv4.tcp_migrate_req (Linux 5.14+)",
+        )
+}
+
+/// `/status` of an init in another network namespace, read from a thread inside it.
+fn status_in(pid: i32, admin: &str) -> serde_json::Value {
+    let admin = admin.to_string();
+    in_netns_of(pid, move || {
+        http_get(&admin, "/status", Duration::from_secs(2))
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.1).ok())
+            .unwrap_or(serde_json::Value::Null)
+    })
+}
+
+fn ready_pid(s: &serde_json::Value, slot: u64) -> Option<i32> {
+    s["workers"]
+        .as_array()?
+        .iter()
+        .find_map(|w| (w["slot"] == slot && w["state"] == "ready").then(|| w["pid"].as_i64())?)
+        .map(|p| p as i32)
+}
+
+fn socket_of(pid: i32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|l| l.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A slot whose socket was closed while it backed off (parked) comes back on a socket of its
+/// own: its next worker does not share a sibling's, and steering sends it its share again.
 #[test]
-fn with_tcp_migrate_req_a_crash_looping_slots_queue_moves_to_the_live_slot() {
-    if !common::require(common::is_root(), "root (a network namespace of its own)") {
+fn a_parked_slot_comes_back_on_a_socket_of_its_own() {
+    if !migrate_tier_ready() {
         return;
     }
-    let sysctl = std::ffi::CString::new("/proc/sys/net/ipv4/tcp_migrate_req").unwrap();
-    if !common::require(
-        std::path::Path::new("/proc/sys/net/ipv4/tcp_migrate_req").exists(),
-        "net.ipv4.tcp_migrate_req (Linux 5.14+)",
-    ) {
+    let p = Pool::start_with(
+        &[
+            "-w",
+            "2",
+            "--backoff-initial",
+            "200ms",
+            "--backoff-max",
+            "1s",
+            "--give-up-after",
+            "0",
+        ],
+        &[],
+        own_netns_with_migrate,
+    );
+    let pid = p.init.pid();
+    let ready = |not: &[i32]| {
+        wait_for(LONG, || {
+            let s = status_in(pid, &p.admin);
+            let (a, b) = (ready_pid(&s, 0)?, ready_pid(&s, 1)?);
+            (!not.contains(&b)).then_some((a, b))
+        })
+        .unwrap_or_else(|| panic!("slots not ready; log:\n{}", p.init.log()))
+    };
+    let (zero, first) = ready(&[]);
+    // Two short lives in a row: the second restart waits longer than the first, and the slot
+    // is parked meanwhile.
+    kill(first, libc::SIGKILL);
+    let (_, second) = ready(&[first]);
+    kill(second, libc::SIGKILL);
+    let (zero_now, third) = ready(&[first, second]);
+    assert_eq!(zero_now, zero);
+    assert!(
+        p.init.log().contains("slot 1 stays down"),
+        "never parked; log:\n{}",
+        p.init.log()
+    );
+    let (mine, sibling) = (socket_of(third, 3), socket_of(zero, 3));
+    assert!(mine.starts_with("socket:"), "{mine:?}");
+    assert_ne!(mine, sibling, "slot 1's worker got slot 0's socket");
+    let addr = p.addr.clone();
+    let got = in_netns_of(pid, move || answers(&addr, 100, Duration::from_secs(5)));
+    let got = got.unwrap_or_else(|e| panic!("{e}; log:\n{}", p.init.log()));
+    let ones = got.iter().filter(|w| *w == "1").count();
+    assert!(
+        ones > 10 && ones < 90,
+        "slot 1 answered {ones} of 100; log:\n{}",
+        p.init.log()
+    );
+}
+
+#[test]
+fn with_tcp_migrate_req_a_crash_looping_slots_queue_moves_to_the_live_slot() {
+    if !migrate_tier_ready() {
         return;
     }
     // Its own network namespace, with lo up and tcp_migrate_req=1 there only.
@@ -295,35 +407,7 @@ fn with_tcp_migrate_req_a_crash_looping_slots_queue_moves_to_the_live_slot() {
             "0",
         ],
         &[("FAIL_SLOT", "1")],
-        move |cmd| {
-            // SAFETY: unshare, socket, ioctl, open, write and close are async-signal-safe, and
-            // every buffer was made before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                    let mut ifr: libc::ifreq = std::mem::zeroed();
-                    ifr.ifr_name[..3].copy_from_slice(&[
-                        b'l' as libc::c_char,
-                        b'o' as libc::c_char,
-                        0,
-                    ]);
-                    ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK) as libc::c_short;
-                    if libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(s);
-                    let fd = libc::open(sysctl.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 || libc::write(fd, b"1".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(fd);
-                    Ok(())
-                });
-            }
-        },
+        own_netns_with_migrate,
     );
     let pid = p.init.pid();
     let (addr, admin) = (p.addr.clone(), p.admin.clone());

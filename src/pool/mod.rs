@@ -384,8 +384,10 @@ pub enum Effect {
 pub enum Then {
     /// Started again after `delay`.
     Restart { delay: Duration },
-    /// Another worker already holds the slot.
+    /// Another worker already holds the slot: this was the worker a successor replaced.
     Replaced,
+    /// Not started again: this was a successor, and the worker it was to replace keeps the slot.
+    Kept,
     /// Not restarted: the policy says so.
     End(RestartPolicy),
     /// Not restarted: the pool is stopping, or the worker had already left its slot.
@@ -550,6 +552,10 @@ enum Phase {
         deadline: Instant,
         /// When the final SIGKILL went out; the pool ends `KILL_GRACE` later whatever remains.
         killed_at: Option<Instant>,
+        /// A graceful-stop signal came during this stop: the next one means now. A stop the
+        /// pool began itself (a command, give-up) takes the orchestrator's first TERM as the
+        /// same request (a preStop `ctl stop`, then the kubelet's SIGTERM).
+        signalled: bool,
     },
 }
 
@@ -661,6 +667,7 @@ impl Pool {
         if let Phase::Stopping {
             deadline,
             killed_at,
+            ..
         } = self.phase
         {
             match killed_at {
@@ -893,7 +900,9 @@ impl Pool {
 
     fn worker_deadlines(&self, w: &Worker, consider: &mut impl FnMut(Instant)) {
         if w.ready_since.is_none() {
-            consider(self.ready_deadline(w));
+            if let Some(at) = self.ready_deadline(w) {
+                consider(at);
+            }
             if let (ReadyMode::After(d), Some(execed)) = (self.s.ready, w.exec) {
                 consider(execed + d);
             }
@@ -902,12 +911,16 @@ impl Pool {
         }
     }
 
-    fn ready_deadline(&self, w: &Worker) -> Instant {
+    /// When a worker not ready yet counts as a failed start; None with `--ready-timeout 0`.
+    fn ready_deadline(&self, w: &Worker) -> Option<Instant> {
+        if self.s.ready_timeout.is_zero() {
+            return None;
+        }
         let timeout = match self.s.ready {
             ReadyMode::After(d) => self.s.ready_timeout.max(d),
             _ => self.s.ready_timeout,
         };
-        w.spawned + timeout
+        Some(w.spawned + timeout)
     }
 
     // --- events ---------------------------------------------------------------------------------
@@ -917,6 +930,7 @@ impl Pool {
         if let Phase::Stopping {
             deadline,
             killed_at: None,
+            ..
         } = self.phase
         {
             if now >= deadline {
@@ -1040,7 +1054,7 @@ impl Pool {
                         continue;
                     }
                 }
-                if self.ready_deadline(&w) <= now {
+                if self.ready_deadline(&w).is_some_and(|at| at <= now) {
                     self.stop_for_restart(pid, StopWhy::ReadyTimeout, now);
                 }
             } else if let (Some(every), Some(ping)) = (self.s.watchdog, w.last_ping) {
@@ -1053,7 +1067,9 @@ impl Pool {
 
     fn spawned(&mut self, slot: u32, pid: i32, now: Instant) {
         // A pid is only handed out again once its old process group is empty.
-        self.draining.retain(|d| d.pgid != pid);
+        if self.draining.iter().any(|d| d.pgid == pid) {
+            self.group_gone(pid);
+        }
         let worker = Worker {
             pid,
             slot,
@@ -1116,7 +1132,7 @@ impl Pool {
                 self.report(Report::SpawnFailed {
                     slot,
                     errno,
-                    then: Then::Replaced,
+                    then: Then::Kept,
                 });
             }
             SlotState::Launching => {
@@ -1281,7 +1297,7 @@ impl Pool {
                     exit: Some(exit),
                 });
                 self.abandon_rollout(slot_id, reason);
-                Then::Replaced
+                Then::Kept
             }
             Place::Old(i) => {
                 self.slots[i].last_exit = Some(LastExit {
@@ -1317,6 +1333,7 @@ impl Pool {
         reason: ExitReason,
         now: Instant,
     ) -> Then {
+        self.served(i, worker, now);
         match policy::verdict(&self.s, reason, exit) {
             policy::Verdict::End => {
                 if !exit.success() {
@@ -1326,6 +1343,8 @@ impl Pool {
             }
             policy::Verdict::Recycle => {
                 let slot = &mut self.slots[i];
+                // A worker that served and exited cleanly: whatever failed before is over.
+                slot.failing_since = None;
                 let at = slot
                     .last_start
                     .map_or(now, |t| (t + MIN_START_GAP).max(now));
@@ -1336,11 +1355,23 @@ impl Pool {
             }
             policy::Verdict::Failure { code } => {
                 self.outcome.last_failure = Some(code);
+                self.new_generation_failed(worker.generation, worker.slot, reason);
                 let healthy = worker
                     .ready_since
                     .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
                 self.restart_after_failure(i, healthy, code, now)
             }
+        }
+    }
+
+    /// Slot `i`'s worker `w` is leaving it: if it served long enough to count as healthy, the
+    /// slot's earlier failures no longer count towards giving up.
+    fn served(&mut self, i: usize, w: &Worker, now: Instant) {
+        let healthy = w.ready_since.is_some_and(|r| {
+            now.saturating_duration_since(r) >= policy::healthy_for_give_up(&self.s)
+        });
+        if healthy {
+            self.slots[i].failing_since = None;
         }
     }
 
@@ -1360,7 +1391,9 @@ impl Pool {
             slot.failing_since = None;
         }
         slot.failing_since.get_or_insert(now);
-        let delay = slot.backoff.after_exit(healthy);
+        // Never faster than MIN_START_GAP, even with `--backoff-initial 0`: PID 1 must not
+        // spin forking a server that dies at once.
+        let delay = slot.backoff.after_exit(healthy).max(MIN_START_GAP);
         slot.restarts += 1;
         slot.stall = None;
         let id = slot.id;
@@ -1533,6 +1566,7 @@ impl Pool {
                     SlotState::Starting(w) | SlotState::Serving(w) => w,
                     other => return self.set_state(i, other),
                 };
+                self.served(i, &w, now);
                 let stop = self.signal_stop(&w, why, signal, now);
                 self.set_state(i, SlotState::Stopping(w, stop));
             }
@@ -1592,8 +1626,13 @@ impl Pool {
     fn signalled(&mut self, sig: i32, now: Instant) {
         match meaning(sig) {
             Meaning::Child => {}
-            Meaning::GracefulStop => match self.phase {
+            Meaning::GracefulStop => match &mut self.phase {
                 Phase::Running => self.begin_stop(StopCause::Signal(sig), now),
+                Phase::Stopping {
+                    killed_at: None,
+                    signalled: signalled @ false,
+                    ..
+                } => *signalled = true,
                 Phase::Stopping {
                     killed_at: None, ..
                 } => {
@@ -1670,6 +1709,7 @@ impl Pool {
         self.phase = Phase::Stopping {
             deadline,
             killed_at: None,
+            signalled: matches!(cause, StopCause::Signal(_)),
         };
         self.version += 1;
         self.rollout = Rollout::default();
@@ -1825,8 +1865,16 @@ impl Pool {
                 .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
             let stop = self.signal_stop(&w, StopWhy::Stalled, self.s.stop_signal, now);
             self.leaving.push((w, stop));
-            // Its exit is counted (as `stalled`) when it is reaped; the slot restarts now.
-            self.restart_after_failure(i, healthy, 1, now);
+            // Its exit is counted (as `stalled`) when it is reaped; the slot restarts now, if
+            // the restart policy restarts a failed worker at all.
+            match policy::verdict(&self.s, ExitReason::Stalled, Exit::Code(1)) {
+                policy::Verdict::Failure { code } => {
+                    self.restart_after_failure(i, healthy, code, now);
+                }
+                policy::Verdict::End | policy::Verdict::Recycle => {
+                    self.outcome.first_failure.get_or_insert(1);
+                }
+            }
         }
     }
 

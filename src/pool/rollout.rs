@@ -67,51 +67,82 @@ impl Pool {
         }
     }
 
-    /// Starts the next replacement once the previous one is done.
+    /// Starts the next replacement once the previous one is done. A reload is complete only
+    /// when every worker runs its generation: a slot whose worker of an older generation is
+    /// still starting waits in the queue until it serves (then it is replaced), and a slot that
+    /// is down gets the new generation with its next start.
     pub(super) fn advance_rollout(&mut self, now: Instant) {
-        while self.rollout.current.is_none() {
-            let Some((id, why)) = self.rollout.queue.pop_front() else {
-                if let Some(generation) = self.rollout.reload.take() {
-                    self.report(Report::ReloadComplete { generation });
-                }
-                return;
-            };
+        if self.rollout.current.is_some() {
+            return;
+        }
+        let mut later = VecDeque::new();
+        while let Some((id, why)) = self.rollout.queue.pop_front() {
             let Some(i) = self.slot_index(id) else {
                 continue;
             };
-            // Only a serving worker is replaced; a slot that is starting or backing off gets
-            // the new generation with its next start anyway.
-            match self.take_state(i) {
-                SlotState::Serving(old) => {
-                    self.rollout.current = Some(Step {
-                        slot: id,
-                        old: old.pid,
-                    });
-                    self.report(Report::Replacing {
-                        slot: id,
-                        pid: old.pid,
-                        why,
-                    });
-                    self.set_state(
-                        i,
-                        SlotState::Replacing {
-                            old,
-                            new: None,
-                            why,
-                        },
-                    );
-                    self.launch(i, now);
+            let stale = |w: &super::Worker| match why {
+                Replace::MemoryCap => true,
+                Replace::Reload => self.rollout.reload.is_some_and(|g| w.generation < g),
+            };
+            match &self.slots[i].state {
+                SlotState::Serving(w) if stale(w) => {}
+                SlotState::Starting(w) if why == Replace::Reload && stale(w) => {
+                    later.push_back((id, why));
+                    continue;
                 }
-                other => self.set_state(i, other),
+                _ => continue,
             }
+            let SlotState::Serving(old) = self.take_state(i) else {
+                unreachable!("checked above");
+            };
+            self.rollout.current = Some(Step {
+                slot: id,
+                old: old.pid,
+            });
+            self.report(Report::Replacing {
+                slot: id,
+                pid: old.pid,
+                why,
+            });
+            self.set_state(
+                i,
+                SlotState::Replacing {
+                    old,
+                    new: None,
+                    why,
+                },
+            );
+            self.launch(i, now);
+            break;
+        }
+        // What still waits goes first, in its order.
+        while let Some(item) = later.pop_back() {
+            self.rollout.queue.push_front(item);
+        }
+        if self.rollout.current.is_none() && self.rollout.queue.is_empty() {
+            if let Some(generation) = self.rollout.reload.take() {
+                self.report(Report::ReloadComplete { generation });
+            }
+        }
+    }
+
+    /// A worker of the generation being rolled out failed (before it took over, or right
+    /// after, with `--ready started`): a broken release must not reach the other slots.
+    pub(super) fn new_generation_failed(&mut self, generation: u64, slot: u32, reason: ExitReason) {
+        if self.rollout.reload == Some(generation) {
+            self.abandon_rollout(slot, reason);
         }
     }
 
     /// The successor on `slot` failed before it took over: the old workers keep serving and
     /// the rest of the rollout is dropped.
     pub(super) fn abandon_rollout(&mut self, slot: u32, reason: ExitReason) {
+        let reload = self.rollout.reload.is_some();
         self.rollout = Rollout::default();
-        self.report(Report::ReloadAbandoned { slot, reason });
+        // A memory-cap replacement that failed is told by the successor's own exit line.
+        if reload {
+            self.report(Report::ReloadAbandoned { slot, reason });
+        }
     }
 
     /// Asks for the memory of every serving worker that is not already being replaced.

@@ -639,7 +639,7 @@ fn a_successor_that_fails_abandons_the_reload_and_the_old_worker_serves_on() {
     sim.on(Event::Signal(libc::SIGHUP));
     let a2 = sim.in_slot(0)[1];
     let fx = sim.exit(a2, Exit::Code(1));
-    assert_eq!(exits(&fx)[0].1, Then::Replaced);
+    assert_eq!(exits(&fx)[0].1, Then::Kept);
     assert!(matches!(sim.state(0), SlotState::Serving(w) if w.pid == a));
     let fx = sim.run_for(Duration::from_secs(5));
     assert!(spawns(&fx).is_empty(), "the reload was abandoned: {fx:?}");
@@ -1065,4 +1065,176 @@ fn a_successors_stall_clock_starts_when_it_is_ready() {
     sim.now += MS(2000);
     let fx = sim.on(Event::Queues(vec![(0, 7)]));
     assert_eq!(signals(&fx), vec![(b, TERM)]);
+}
+
+// A crash long ago must not count towards giving up once the slot has served since: a pool of
+// one worker that crashed once, then served for hours, recycles or hangs, and keeps running.
+#[test]
+fn a_crash_long_ago_does_not_make_a_later_recycle_give_up() {
+    let mut sim = Sim::with(settings(1), false);
+    let a = sim.occupant(0);
+    sim.on(Event::Execed { pid: a });
+    sim.exit(a, Exit::Code(1));
+    sim.advance(Duration::from_secs(1));
+    let b = sim.occupant(0);
+    sim.on(Event::Execed { pid: b });
+    sim.advance(Duration::from_secs(7200));
+    let fx = sim.exit(b, Exit::Code(0));
+    assert_eq!(exits(&fx)[0].0, ExitReason::Recycled);
+    // The successor's exec is not confirmed yet.
+    let fx = sim.on(Event::Tick);
+    assert!(
+        !reports(&fx)
+            .iter()
+            .any(|r| matches!(r, Report::GivingUp { .. })),
+        "a healthy pool gave up: {:?}",
+        reports(&fx)
+    );
+}
+
+#[test]
+fn a_crash_long_ago_does_not_make_a_later_watchdog_stop_give_up() {
+    let mut s = settings(1);
+    s.watchdog = Some(Duration::from_secs(10));
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    sim.exit(a, Exit::Code(1));
+    sim.advance(Duration::from_secs(1));
+    let b = sim.occupant(0);
+    for _ in 0..720 {
+        sim.advance(Duration::from_secs(5));
+        sim.on(Event::Notify {
+            pid: b,
+            notices: vec![Notice::Watchdog],
+        });
+    }
+    let fx = sim.advance(Duration::from_secs(11));
+    assert!(signals(&fx).contains(&(b, libc::SIGABRT)));
+    assert!(
+        !reports(&fx)
+            .iter()
+            .any(|r| matches!(r, Report::GivingUp { .. })),
+        "gave up instead of restarting the hung worker: {:?}",
+        reports(&fx)
+    );
+}
+
+#[test]
+fn a_reload_also_replaces_a_worker_that_was_starting_when_it_began() {
+    let mut s = settings(2);
+    s.ready = ReadyMode::Notify;
+    let mut sim = Sim::new(s);
+    let (a, b) = (sim.occupant(0), sim.occupant(1));
+    sim.ready(a);
+    assert!(matches!(sim.state(1), SlotState::Starting(w) if w.generation == 1));
+    sim.on(Event::Signal(libc::SIGHUP));
+    let a2 = sim.in_slot(0)[1];
+    sim.ready(a2);
+    sim.exit(a, Exit::Signal(TERM));
+    // Slot 1's worker of generation 1 becomes ready only now.
+    sim.ready(b);
+    assert!(
+        !reports(&sim.log)
+            .iter()
+            .any(|r| matches!(r, Report::ReloadComplete { .. })),
+        "complete while slot 1 runs generation 1"
+    );
+    let b2 = sim.in_slot(1)[1];
+    sim.ready(b2);
+    sim.exit(b, Exit::Signal(TERM));
+    sim.run_for(Duration::from_secs(5));
+    assert!(reports(&sim.log)
+        .iter()
+        .any(|r| matches!(r, Report::ReloadComplete { generation: 2 })));
+    assert_eq!(sim.state(1).occupant().map(|w| w.generation), Some(2));
+}
+
+// With `--ready started` a successor takes over at its exec: a new version that then dies on
+// its config stops the rollout, so the other slots keep the old version serving.
+#[test]
+fn a_successor_that_crashes_right_after_taking_over_stops_the_rollout() {
+    let mut sim = Sim::new(settings(3));
+    let (a, b) = (sim.occupant(0), sim.occupant(1));
+    sim.on(Event::Signal(libc::SIGHUP));
+    let a2 = sim.occupant(0);
+    assert_ne!(a2, a);
+    let fx = sim.exit(a2, Exit::Code(1));
+    assert!(matches!(exits(&fx)[0].1, Then::Restart { .. }));
+    assert!(reports(&fx)
+        .iter()
+        .any(|r| matches!(r, Report::ReloadAbandoned { slot: 0, .. })));
+    sim.exit(a, Exit::Signal(TERM));
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        matches!(sim.state(1), SlotState::Serving(w) if w.pid == b),
+        "slot 1's healthy worker was replaced: {:?}",
+        sim.state(1)
+    );
+}
+
+#[test]
+fn a_zero_initial_backoff_still_bounds_the_restart_rate() {
+    let mut s = settings(1);
+    s.backoff.initial = Duration::ZERO;
+    s.give_up_after = None;
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    let mut forks = spawns(&sim.exit(a, Exit::Code(1))).len();
+    forks += spawns(&sim.on(Event::Tick)).len();
+    assert_eq!(forks, 0, "a crashing worker restarted in zero time");
+    // Crashing at once, for a second: one start per MIN_START_GAP at most.
+    for _ in 0..100 {
+        forks += spawns(&sim.advance(MS(10))).len();
+        if let Some(pid) = sim.state(0).occupant().map(|w| w.pid) {
+            forks += spawns(&sim.exit(pid, Exit::Code(1))).len();
+        }
+    }
+    assert!((10..=21).contains(&forks), "{forks} starts in a second");
+}
+
+// A preStop hook's `cluster-init ctl stop`, then the kubelet's SIGTERM: one graceful stop.
+#[test]
+fn the_first_term_after_a_stop_command_is_not_a_second_term() {
+    let mut sim = Sim::new(settings(2));
+    sim.on(Event::Command(Command::Stop));
+    sim.advance(MS(10));
+    let fx = sim.on(Event::Signal(TERM));
+    assert!(
+        signals(&fx).iter().all(|&(_, s)| s != KILL),
+        "the graceful stop was cut short: {:?}",
+        signals(&fx)
+    );
+    // A second TERM still means now.
+    let fx = sim.on(Event::Signal(TERM));
+    assert!(signals(&fx).iter().any(|&(_, s)| s == KILL), "{fx:?}");
+}
+
+// A stall restarts the slot only where the restart policy would restart a failed worker.
+#[test]
+fn a_stall_under_restart_never_ends_the_slot() {
+    let mut s = settings(1);
+    s.restart = RestartPolicy::Never;
+    s.stall_timeout = Some(Duration::from_secs(2));
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    sim.on(Event::Queues(vec![(0, 3)]));
+    sim.now += MS(2500);
+    let fx = sim.on(Event::Queues(vec![(0, 3)]));
+    assert_eq!(signals(&fx), vec![(a, TERM)]);
+    let fx = sim.exit(a, Exit::Signal(TERM));
+    assert!(spawns(&fx).is_empty(), "restarted under --restart never");
+    sim.run_for(Duration::from_secs(5));
+    assert!(spawns(&sim.log).len() == 1, "{:?}", spawns(&sim.log));
+}
+
+#[test]
+fn a_zero_ready_timeout_means_no_limit() {
+    let mut s = settings(1);
+    s.ready = ReadyMode::Notify;
+    s.ready_timeout = Duration::ZERO;
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    let fx = sim.run_for(Duration::from_secs(600));
+    assert!(signals(&fx).is_empty(), "{fx:?}");
+    assert!(matches!(sim.state(0), SlotState::Starting(w) if w.pid == a));
 }
