@@ -332,11 +332,14 @@ enum Sockets {
     /// yet). A socket taken from its slot while processes it was lent to may
     /// still hold a copy is `retired`: it stays in the kernel's group until
     /// its last copy closes, so it is closed (and leaves `group`, the mirror
-    /// of the kernel's order) only once those process groups are gone.
+    /// of the kernel's order) only once those process groups are gone. The
+    /// last socket a slot lets go is `held` instead, for the port: the next
+    /// slot that needs a socket takes it over, queue and all.
     PerSlot {
         addr: SocketAddr,
         fds: Vec<Option<Lent>>,
         retired: Vec<Lent>,
+        held: Option<Lent>,
         group: Group,
         next_key: u32,
     },
@@ -566,8 +569,11 @@ impl Listeners {
         if self.balance == Balance::ReusePort {
             let mut bound = Vec::new();
             for (i, entry) in self.entries.iter().enumerate() {
-                if let Sockets::PerSlot { addr, fds, .. } = &entry.sockets {
-                    if fds.get(slot).is_none_or(Option::is_none) {
+                if let Sockets::PerSlot {
+                    addr, fds, held, ..
+                } = &entry.sockets
+                {
+                    if held.is_none() && fds.get(slot).is_none_or(Option::is_none) {
                         // `bound` is dropped on error: the new sockets close.
                         let fd =
                             bind_tcp(*addr, true, self.backlog).map_err(|e| bind_error(addr, e))?;
@@ -575,22 +581,37 @@ impl Listeners {
                     }
                 }
             }
-            for (i, fd) in bound {
-                if let Sockets::PerSlot {
+            let mut bound = bound.into_iter().peekable();
+            for (i, entry) in self.entries.iter_mut().enumerate() {
+                let Sockets::PerSlot {
                     fds,
+                    held,
                     group,
                     next_key,
                     ..
-                } = &mut self.entries[i].sockets
-                {
-                    if fds.len() <= slot {
-                        fds.resize_with(slot + 1, || None);
-                    }
-                    let key = *next_key;
-                    *next_key += 1;
-                    fds[slot] = Some(Lent::new(key, fd));
-                    group.joined(key);
+                } = &mut entry.sockets
+                else {
+                    continue;
+                };
+                if fds.get(slot).is_some_and(Option::is_some) {
+                    continue;
                 }
+                let lent = match held.take() {
+                    Some(lent) => lent,
+                    None => {
+                        let Some((_, fd)) = bound.next_if(|(j, _)| *j == i) else {
+                            continue;
+                        };
+                        let key = *next_key;
+                        *next_key += 1;
+                        group.joined(key);
+                        Lent::new(key, fd)
+                    }
+                };
+                if fds.len() <= slot {
+                    fds.resize_with(slot + 1, || None);
+                }
+                fds[slot] = Some(lent);
             }
         }
         self.slots = self.slots.max(slot + 1);
@@ -615,24 +636,27 @@ impl Listeners {
     /// [`tcp_migrate_req`] the kernel moves their queued connections to the
     /// sockets of the slots that serve) or removed. Each is closed now if no
     /// group it was lent to is `alive`, else when [`Listeners::tend`] finds
-    /// them gone. A socket that is the last open one of its address stays:
-    /// it holds the port. True when the kernel's order changed (steer again).
+    /// them gone. A socket that is the last open one of its address is held
+    /// instead: it keeps the port, and the next slot to start takes it over.
+    /// True when the kernel's order changed (steer again).
     pub fn close_slot(&mut self, slot: usize, alive: impl Fn(i32) -> bool) -> bool {
         let mut changed = false;
         for entry in &mut self.entries {
             if let Sockets::PerSlot {
                 fds,
                 retired,
+                held,
                 group,
                 ..
             } = &mut entry.sockets
             {
-                if fds.iter().flatten().count() <= 1 {
-                    continue;
-                }
+                let last = fds.iter().flatten().count() <= 1;
                 if let Some(mut lent) = fds.get_mut(slot).and_then(Option::take) {
                     lent.holders.retain(|&g| alive(g));
-                    if lent.holders.is_empty() {
+                    if last {
+                        // The port stays ours; the next slot to start serves this queue.
+                        *held = Some(lent);
+                    } else if lent.holders.is_empty() {
                         group.left(lent.key);
                         changed = true;
                     } else {
@@ -652,8 +676,7 @@ impl Listeners {
                 Sockets::Shared { .. } => None,
             })
             .max()
-            .unwrap_or(self.slots)
-            .max(1);
+            .unwrap_or(self.slots);
         changed
     }
 
@@ -697,10 +720,14 @@ impl Listeners {
         let mut attached = 0;
         for entry in &self.entries {
             if let Sockets::PerSlot {
-                addr, fds, group, ..
+                addr,
+                fds,
+                held,
+                group,
+                ..
             } = &entry.sockets
             {
-                let Some(first) = fds.iter().flatten().next() else {
+                let Some(first) = fds.iter().flatten().chain(held).next() else {
                     continue;
                 };
                 let keys: Vec<u32> = serving
@@ -752,11 +779,13 @@ impl Listeners {
                 Sockets::PerSlot {
                     fds,
                     retired,
+                    held,
                     group,
                     ..
                 } => {
                     fds.clear();
                     retired.clear();
+                    *held = None;
                     *group = Group::default();
                 }
                 Sockets::Shared { fd, .. } => *fd = None,
@@ -891,6 +920,7 @@ fn bind_tcp_spec(
         addr,
         fds,
         retired: Vec::new(),
+        held: None,
         group: Group::new(slots as u32),
         next_key: slots as u32,
     })
@@ -1370,10 +1400,17 @@ mod tests {
             .describe()
             .iter()
             .all(|d| d.contains("reuseport x1")));
-        assert!(!listeners.close_slot(0, |_| false));
-        assert_eq!(listeners.slots(), 1, "the last slot holds the port");
+        let last = listeners.fds_for_slot(0);
+        assert!(!listeners.close_slot(0, |_| false), "held, not closed");
+        assert_eq!(listeners.slots(), 0);
         // Still ours: an outsider without SO_REUSEPORT cannot take it.
         assert!(TcpListener::bind(("127.0.0.1", ports[0])).is_err());
+        listeners.ensure_slot(0).expect("taken over");
+        assert_eq!(
+            listeners.fds_for_slot(0),
+            last,
+            "the held socket, queue and all"
+        );
     }
 
     #[test]
@@ -1613,5 +1650,31 @@ mod tests {
         let flags = fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD");
         assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
         assert!(Listeners::from_activation().is_none(), "consumed once");
+    }
+
+    #[test]
+    fn the_socket_kept_for_the_port_is_taken_over_by_the_next_slot_to_start() {
+        let mut l =
+            Listeners::bind(&[spec("127.0.0.1:0")], Balance::ReusePort, 2, 128).expect("bind");
+        let port = port_of(l.fds_for_slot(0)[0]);
+        // Slot 0 crash-loops and is parked: its socket closes.
+        assert!(l.close_slot(0, |_| false));
+        // Scale 2 -> 1 removes slot 1 (its worker gone by now): its socket is the last one,
+        // kept for the port.
+        assert!(!l.close_slot(1, |_| false));
+        // Slot 0 starts again, on a new socket.
+        l.ensure_slot(0).expect("rebind");
+        let zero = l.fds_for_slot(0)[0];
+        set_nonblocking(&[zero]);
+        let clients: Vec<TcpStream> = (0..40)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let counts = accept_all(&[zero], clients.len());
+        assert_eq!(
+            (counts[0], l.slots()),
+            (40, 1),
+            "connections wait on the removed slot's socket, which nobody accepts on: {:?}",
+            l.describe()
+        );
     }
 }

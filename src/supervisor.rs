@@ -887,10 +887,11 @@ async fn flush_sinks() {
             continue;
         }
         tokio::select! {
-            _ = writable(err) => {}
-            _ = writable(out) => {}
+            _ = writable(err) => break,
+            _ = writable(out) => break,
+            // A stream that had nothing queued when this wait began may have lines now.
+            _ = output::lines_queued() => {}
         }
-        break;
     }
     sink::stderr().flush();
     if let Some(out) = sink::stdout_if_open() {

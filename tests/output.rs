@@ -242,3 +242,51 @@ fn lines_queued_while_the_reader_paused_go_out_when_it_reads_again() {
         init.log()
     );
 }
+
+/// One stream stuck (stdout never read) must not hold up the other: stderr's lines all arrive
+/// once its reader, paused for a while, reads again.
+#[test]
+fn a_stuck_stdout_does_not_hold_up_stderr() {
+    // Slot 0 fills stdout and more; slot 1 writes 400 lines of about 1 KB to stderr; then both
+    // stay quiet.
+    let script = "pad=$(printf '%01000d' 0); i=0; if [ $CLUSTER_WORKER_ID = 0 ]; then while [ $i -lt 200 ]; do echo \"o$i $pad\"; i=$((i+1)); done; else while [ $i -lt 400 ]; do echo \"e$i $pad\" >&2; i=$((i+1)); done; fi; exec sleep 60";
+    let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+    let args = [
+        "-w",
+        "2",
+        "--worker-output",
+        "prefix",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let Some(mut init) = Init::start_with(Mode::Subreaper, &args, &[], move |cmd| {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(err_w));
+    }) else {
+        return;
+    };
+    // Held open, never read.
+    let _stdout = init.take_stdout().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let err = std::fs::File::from(err_r);
+        for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
+            if line.starts_with(b"[1] e") && tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = 0;
+    let end = Instant::now() + Duration::from_secs(12);
+    while lines < 400 && Instant::now() < end {
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            lines += 1;
+        }
+    }
+    init.signal(libc::SIGTERM);
+    // Stopping never waits for the stuck stream.
+    assert!(init.wait(LONG).is_some(), "no stop with stdout stuck");
+    assert_eq!(lines, 400, "{lines} of 400 stderr lines arrived");
+}

@@ -333,7 +333,8 @@ fn socket_of(pid: i32, fd: i32) -> String {
 }
 
 /// A slot whose socket was closed while it backed off (parked) comes back on a socket of its
-/// own: its next worker does not share a sibling's, and steering sends it its share again.
+/// own: its next worker does not share a sibling's, and steering sends it its share again. Slot
+/// 0, not the highest: a slot below others must get its socket back too.
 #[test]
 fn a_parked_slot_comes_back_on_a_socket_of_its_own() {
     if !migrate_tier_ready() {
@@ -358,33 +359,33 @@ fn a_parked_slot_comes_back_on_a_socket_of_its_own() {
         wait_for(LONG, || {
             let s = status_in(pid, &p.admin);
             let (a, b) = (ready_pid(&s, 0)?, ready_pid(&s, 1)?);
-            (!not.contains(&b)).then_some((a, b))
+            (!not.contains(&a)).then_some((a, b))
         })
         .unwrap_or_else(|| panic!("slots not ready; log:\n{}", p.init.log()))
     };
-    let (zero, first) = ready(&[]);
+    let (first, one) = ready(&[]);
     // Two short lives in a row: the second restart waits longer than the first, and the slot
     // is parked meanwhile.
     kill(first, libc::SIGKILL);
-    let (_, second) = ready(&[first]);
+    let (second, _) = ready(&[first]);
     kill(second, libc::SIGKILL);
-    let (zero_now, third) = ready(&[first, second]);
-    assert_eq!(zero_now, zero);
+    let (third, one_now) = ready(&[first, second]);
+    assert_eq!(one_now, one);
     assert!(
-        p.init.log().contains("slot 1 stays down"),
+        p.init.log().contains("slot 0 stays down"),
         "never parked; log:\n{}",
         p.init.log()
     );
-    let (mine, sibling) = (socket_of(third, 3), socket_of(zero, 3));
+    let (mine, sibling) = (socket_of(third, 3), socket_of(one, 3));
     assert!(mine.starts_with("socket:"), "{mine:?}");
-    assert_ne!(mine, sibling, "slot 1's worker got slot 0's socket");
+    assert_ne!(mine, sibling, "slot 0's worker got slot 1's socket");
     let addr = p.addr.clone();
     let got = in_netns_of(pid, move || answers(&addr, 100, Duration::from_secs(5)));
     let got = got.unwrap_or_else(|e| panic!("{e}; log:\n{}", p.init.log()));
-    let ones = got.iter().filter(|w| *w == "1").count();
+    let zeros = got.iter().filter(|w| *w == "0").count();
     assert!(
-        ones > 10 && ones < 90,
-        "slot 1 answered {ones} of 100; log:\n{}",
+        zeros > 10 && zeros < 90,
+        "slot 0 answered {zeros} of 100; log:\n{}",
         p.init.log()
     );
 }

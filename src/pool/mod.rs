@@ -1300,6 +1300,7 @@ impl Pool {
                 Then::Kept
             }
             Place::Old(i) => {
+                self.served(i, &worker, now);
                 self.slots[i].last_exit = Some(LastExit {
                     reason,
                     exit: Some(exit),
@@ -1399,7 +1400,7 @@ impl Pool {
         let id = slot.id;
         self.restarts_total += 1;
         self.set_state(i, SlotState::Waiting { until: now + delay });
-        if self.s.migrate && delay > self.s.backoff.initial {
+        if self.s.migrate && delay > self.s.backoff.initial.max(MIN_START_GAP) {
             self.out.push(Effect::Park(id));
             self.report(Report::Parked { slot: id, delay });
         }
@@ -1536,6 +1537,7 @@ impl Pool {
                 why,
             } => {
                 // The successor takes over; its predecessor leaves with the stop signal.
+                self.served(i, &old, now);
                 self.set_state(i, SlotState::Serving(n));
                 let leave_why = match why {
                     Replace::Reload => StopWhy::Replaced,
@@ -1577,6 +1579,7 @@ impl Pool {
                         None => SlotState::Launching,
                     };
                     self.set_state(i, next);
+                    self.served(i, &old, now);
                     let stop = self.signal_stop(&old, why, signal, now);
                     self.leaving.push((old, stop));
                 }

@@ -86,8 +86,8 @@ impl Pool {
             };
             match &self.slots[i].state {
                 SlotState::Serving(w) if stale(w) => {}
-                SlotState::Starting(w) if why == Replace::Reload && stale(w) => {
-                    later.push_back((id, why));
+                SlotState::Starting(w) if self.rollout.reload.is_some_and(|g| w.generation < g) => {
+                    later.push_back((id, Replace::Reload));
                     continue;
                 }
                 _ => continue,
@@ -130,7 +130,10 @@ impl Pool {
     /// after, with `--ready started`): a broken release must not reach the other slots.
     pub(super) fn new_generation_failed(&mut self, generation: u64, slot: u32, reason: ExitReason) {
         if self.rollout.reload == Some(generation) {
+            // The step's old worker may still be leaving: the next step waits for it.
+            let step = self.rollout.current;
             self.abandon_rollout(slot, reason);
+            self.rollout.current = step;
         }
     }
 

@@ -1238,3 +1238,110 @@ fn a_zero_ready_timeout_means_no_limit() {
     assert!(signals(&fx).is_empty(), "{fx:?}");
     assert!(matches!(sim.state(0), SlotState::Starting(w) if w.pid == a));
 }
+
+// Giving up, memory-cap entries and abandoned steps during reloads.
+
+fn gave_up(effects: &[Effect]) -> bool {
+    reports(effects)
+        .iter()
+        .any(|r| matches!(r, Report::GivingUp { .. }))
+}
+
+// A crash long ago, hours of service, then a reload during which the old worker recycles by
+// itself while its successor still starts: the slot is Starting, its failing_since is the old
+// crash, so the pool gives up.
+#[test]
+fn an_old_crash_does_not_give_up_when_the_replaced_worker_recycles_during_a_reload() {
+    let mut s = settings(1);
+    s.ready = ReadyMode::Notify;
+    let mut sim = Sim::new(s);
+    let a = sim.occupant(0);
+    sim.exit(a, Exit::Code(1));
+    sim.advance(Duration::from_secs(1));
+    let b = sim.occupant(0);
+    sim.ready(b);
+    sim.advance(Duration::from_secs(7200));
+    sim.on(Event::Signal(libc::SIGHUP));
+    assert_eq!(sim.in_slot(0).len(), 2);
+    // The old worker exits 0 by itself (max-requests recycle) while b2 starts.
+    let fx = sim.exit(b, Exit::Code(0));
+    assert_eq!(exits(&fx)[0].1, Then::Replaced);
+    let fx = sim.on(Event::Tick);
+    assert!(!gave_up(&fx), "gave up during a reload: {:?}", reports(&fx));
+}
+
+// Same, through the takeover: the new release's first crash gives the pool up at once
+// instead of after --give-up-after.
+#[test]
+fn an_old_crash_does_not_make_the_first_crash_after_a_reload_give_up() {
+    let mut sim = Sim::new(settings(1));
+    let a = sim.occupant(0);
+    sim.exit(a, Exit::Code(1));
+    sim.advance(Duration::from_secs(1));
+    let b = sim.occupant(0);
+    sim.advance(Duration::from_secs(7200));
+    sim.on(Event::Signal(libc::SIGHUP));
+    let b2 = sim.occupant(0);
+    assert_ne!(b2, b);
+    sim.exit(b, Exit::Signal(TERM));
+    sim.advance(MS(10));
+    let fx = sim.exit(b2, Exit::Code(1));
+    assert!(matches!(exits(&fx)[0].1, Then::Restart { .. }));
+    let fx = sim.on(Event::Tick);
+    assert!(!gave_up(&fx), "one crash gave up: {:?}", reports(&fx));
+}
+
+// A slot queued for the memory cap is not queued again by a reload; if its worker restarted
+// (old generation, still starting) before its turn, the memory-cap entry is dropped and the
+// reload completes with that slot on the old generation.
+#[test]
+fn a_reload_replaces_a_starting_slot_that_was_queued_for_the_memory_cap() {
+    let mut s = settings(2);
+    s.ready = ReadyMode::Notify;
+    s.memory_cap = Some((1000, Duration::from_secs(3600)));
+    let mut sim = Sim::new(s);
+    let (a, b) = (sim.occupant(0), sim.occupant(1));
+    sim.ready(a);
+    sim.ready(b);
+    sim.on(Event::Memory(vec![(a, 2000), (b, 2000)]));
+    let a2 = sim.in_slot(0)[1];
+    // Slot 1's worker crashes while it waits for its turn, and restarts (generation 1).
+    sim.exit(b, Exit::Code(1));
+    sim.advance(Duration::from_secs(1));
+    let b1 = sim.occupant(1);
+    assert!(matches!(sim.state(1), SlotState::Starting(w) if w.generation == 1));
+    sim.on(Event::Signal(libc::SIGHUP));
+    sim.ready(a2);
+    sim.exit(a, Exit::Signal(TERM));
+    let a3 = sim.in_slot(0)[1];
+    sim.ready(a3);
+    sim.exit(a2, Exit::Signal(TERM));
+    sim.ready(b1);
+    sim.run_for(Duration::from_secs(5));
+    let complete = reports(&sim.log)
+        .iter()
+        .any(|r| matches!(r, Report::ReloadComplete { generation: 2 }));
+    assert!(
+        !complete || sim.state(1).occupant().map(|w| w.generation) == Some(2),
+        "reload complete while slot 1 runs {:?}",
+        sim.state(1)
+    );
+}
+
+// After an abandoned rollout whose replaced worker is still leaving, the next reload starts
+// its first step at once: two extra workers.
+#[test]
+fn a_reload_after_an_abandoned_one_waits_for_the_worker_still_leaving() {
+    let mut sim = Sim::new(settings(2));
+    let a = sim.occupant(0);
+    sim.on(Event::Signal(libc::SIGHUP));
+    let a2 = sim.occupant(0);
+    assert_ne!(a2, a);
+    // a got TERM and is still draining; a2 dies at once: the reload is abandoned.
+    sim.exit(a2, Exit::Code(1));
+    let fx = sim.on(Event::Signal(libc::SIGHUP));
+    assert!(
+        spawns(&fx).is_empty(),
+        "a step began while {a} (the last step's old worker) still runs: {fx:?}"
+    );
+}
