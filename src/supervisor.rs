@@ -38,6 +38,8 @@ use crate::telemetry::Telemetry;
 const FINAL_FLUSH: Duration = Duration::from_millis(200);
 /// At exit, how long relays of workers' output may take to reach their pipes' ends.
 const RELAY_DRAIN: Duration = Duration::from_millis(500);
+/// The warning about dropped lines waits until stderr's queue is below this.
+const DROPS_TOLD_BELOW: usize = 64 * 1024;
 
 /// Runs the pool to completion on a current-thread runtime and returns our exit status.
 pub fn run(cfg: Config, telemetry: Telemetry) -> i32 {
@@ -715,7 +717,8 @@ impl Supervisor {
             self.unreported_drops[0] += err;
             self.unreported_drops[1] += out;
         }
-        if self.unreported_drops == [0, 0] || sink::stderr().queued() > 0 {
+        // Room again (not necessarily empty: a busy stream under steady load never is).
+        if self.unreported_drops == [0, 0] || sink::stderr().queued() > DROPS_TOLD_BELOW {
             return;
         }
         for (n, stream) in self.unreported_drops.iter().zip(["stderr", "stdout"]) {
