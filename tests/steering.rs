@@ -345,7 +345,7 @@ fn a_parked_slot_comes_back_on_a_socket_of_its_own() {
             "-w",
             "2",
             "--backoff-initial",
-            "200ms",
+            "1s",
             "--backoff-max",
             "1s",
             "--give-up-after",
@@ -364,12 +364,9 @@ fn a_parked_slot_comes_back_on_a_socket_of_its_own() {
         .unwrap_or_else(|| panic!("slots not ready; log:\n{}", p.init.log()))
     };
     let (first, one) = ready(&[]);
-    // Two short lives in a row: the second restart waits longer than the first, and the slot
-    // is parked meanwhile.
+    // Down for half a second or more: parked meanwhile.
     kill(first, libc::SIGKILL);
-    let (second, _) = ready(&[first]);
-    kill(second, libc::SIGKILL);
-    let (third, one_now) = ready(&[first, second]);
+    let (third, one_now) = ready(&[first]);
     assert_eq!(one_now, one);
     assert!(
         p.init.log().contains("slot 0 stays down"),
@@ -451,6 +448,62 @@ fn with_tcp_migrate_req_a_crash_looping_slots_queue_moves_to_the_live_slot() {
     assert!(
         p.init.log().contains("tcp_migrate_req=1"),
         "{}",
+        p.init.log()
+    );
+}
+
+/// Connections already queued on a slot when its worker dies do not wait out a long backoff
+/// where the kernel can move them: the slot closes its socket and the live slot answers them.
+#[test]
+fn with_tcp_migrate_req_a_dead_slots_queue_is_answered_by_the_live_slot_at_once() {
+    if !migrate_tier_ready() {
+        return;
+    }
+    let p = Pool::start_with(
+        &["-w", "2", "--backoff-initial", "4s", "--backoff-max", "4s"],
+        &[],
+        own_netns_with_migrate,
+    );
+    let pid = p.init.pid();
+    let s = wait_for(LONG, || {
+        let s = status_in(pid, &p.admin);
+        Some((ready_pid(&s, 0)?, ready_pid(&s, 1)?))
+    });
+    let (_, hung) = s.unwrap_or_else(|| panic!("not ready; log:\n{}", p.init.log()));
+    // Slot 1's worker stops accepting: about half the clients below queue on its socket.
+    kill(hung, libc::SIGSTOP);
+    let addr = p.addr.clone();
+    let clients = std::thread::spawn(move || {
+        in_netns_of(pid, move || {
+            let pending: Vec<_> = (0..20)
+                .map(|_| {
+                    let a = addr.clone();
+                    std::thread::spawn(move || {
+                        let t = Instant::now();
+                        (http_get(&a, "/", Duration::from_secs(10)), t.elapsed())
+                    })
+                })
+                .collect();
+            pending
+                .into_iter()
+                .map(|c| c.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    kill(hung, libc::SIGKILL);
+    let t = Instant::now();
+    let got = clients.join().unwrap();
+    let slowest = got.iter().map(|(_, d)| *d).max().unwrap();
+    let failed: Vec<_> = got
+        .iter()
+        .filter(|(r, _)| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}; log:\n{}", p.init.log());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "the queued connections waited {:?} (slowest {slowest:?}) for the slot's successor; log:\n{}",
+        t.elapsed(),
         p.init.log()
     );
 }

@@ -59,6 +59,9 @@ pub const LAUNCH_BATCH: usize = 16;
 /// The shortest time between two starts of one slot: a worker that exits 0 at once (`true`)
 /// is recycled at most 20 times a second.
 pub const MIN_START_GAP: Duration = Duration::from_millis(50);
+/// With `tcp_migrate_req`, a slot that stays down at least this long closes its socket so that
+/// its queued connections move to the live slots; a successor due sooner serves them itself.
+pub const PARK_AFTER: Duration = Duration::from_millis(500);
 /// After the final SIGKILL, how long the pool waits for the kernel before giving up on the rest
 /// (a process stuck in uninterruptible sleep must not keep the container alive forever).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -1400,7 +1403,7 @@ impl Pool {
         let id = slot.id;
         self.restarts_total += 1;
         self.set_state(i, SlotState::Waiting { until: now + delay });
-        if self.s.migrate && delay > self.s.backoff.initial.max(MIN_START_GAP) {
+        if self.s.migrate && delay >= PARK_AFTER {
             self.out.push(Effect::Park(id));
             self.report(Report::Parked { slot: id, delay });
         }

@@ -938,20 +938,30 @@ fn with_tcp_migrate_req_a_slot_down_for_long_closes_its_socket() {
     let mut s = settings(2);
     s.migrate = true;
     let mut sim = Sim::new(s);
+    // Down for at most the first backoff (250ms): its successor serves the queue itself.
     let b = sim.occupant(1);
-    // The first failure waits no longer than the first backoff: nothing to move.
     let fx = sim.exit(b, Exit::Code(1));
+    assert!(restart_delay(&fx) < PARK_AFTER);
     assert!(!fx.contains(&Effect::Park(1)));
-    sim.run_for(MS(300));
-    let b = sim.occupant(1);
-    let fx = sim.exit(b, Exit::Code(1));
-    if restart_delay(&fx) > MS(250) {
-        assert!(fx.contains(&Effect::Park(1)), "{fx:?}");
+    // Each failure doubles the delay: from PARK_AFTER on, the socket closes.
+    for _ in 0..4 {
+        sim.run_for(Duration::from_secs(5));
+        let b = sim.occupant(1);
+        let fx = sim.exit(b, Exit::Code(1));
+        assert_eq!(
+            fx.contains(&Effect::Park(1)),
+            restart_delay(&fx) >= PARK_AFTER,
+            "{fx:?}"
+        );
     }
-    sim.run_for(MS(600));
+    // A first backoff that long parks at the first failure (a slot held down for seconds).
+    let mut s = settings(2);
+    s.migrate = true;
+    s.backoff.initial = Duration::from_secs(4);
+    s.backoff.max = Duration::from_secs(4);
+    let mut sim = Sim::new(s);
     let b = sim.occupant(1);
-    let fx = sim.exit(b, Exit::Code(1));
-    assert!(fx.contains(&Effect::Park(1)), "{fx:?}");
+    assert!(sim.exit(b, Exit::Code(1)).contains(&Effect::Park(1)));
 }
 
 #[test]
