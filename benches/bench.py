@@ -941,7 +941,8 @@ def churn_run(kind, scenario, close, q, ci_args=(), label=None):
                            env_extra={"EXIT_AFTER_REQUESTS": q.recycle_after} if recycle else None,
                            ci_args=ci_args, admin=admin)
     secs = q.down_window if scenario == "down" else q.churn
-    res = {"manager": label or kind, "scenario": scenario, "connection": "close" if close else "keep-alive"}
+    res = {"manager": label or kind, "scenario": scenario, "connection": "close" if close else "keep-alive",
+           "load_at_start": round(os.getloadavg()[0], 1)}
     watch = None
     try:
         wait_http(port)
@@ -1213,6 +1214,24 @@ def machine():
     }
 
 
+class LoadWatch(threading.Thread):
+    """The machine's 1-minute load average every 2 s, to tell in the report how busy the shared
+    machine was during each section (other sessions' work is not ours to stop)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples, self.stop = [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), os.getloadavg()[0]))
+            self.stop.wait(2)
+
+    def between(self, t0, t1):
+        xs = [v for t, v in self.samples if t0 <= t <= t1]
+        return [round(min(xs), 1), round(max(xs), 1)] if xs else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter run (fewer rounds, shorter loads)")
@@ -1223,7 +1242,7 @@ def main():
     q = argparse.Namespace(
         quick=a.quick, rounds=2 if a.quick else 8, duration=4 if a.quick else 5, warmup=1 if a.quick else 2,
         close_rounds=2 if a.quick else 5, close_duration=2 if a.quick else 3,
-        orphans=5000, reap_rounds=2 if a.quick else 6, chaos=10 if a.quick else 20,
+        orphans=5000, reap_rounds=2 if a.quick else 8, chaos=10 if a.quick else 20,
         crash_loop=20 if a.quick else 60, give_up=10 if a.quick else 30,
         churn=5 if a.quick else 10, down_window=5, recycle_after=100, probe_rate=100,
         idle=20 if a.quick else 60, output_rounds=2 if a.quick else 5, output_duration=3 if a.quick else 5)
@@ -1242,15 +1261,22 @@ def main():
     if "chaos" not in only and "idle" in only:
         sections += (("idle", bench_idle),)
         idle = None
+    load = LoadWatch()
+    load.start()
+    results["load"] = {}
     for name, fn in sections:
         if name in only:
             log("==", name)
+            ts = time.monotonic()
             try:
                 results[name] = fn(q)
             except Exception as e:  # noqa: BLE001 - the other sections still run; the report says it failed
                 import traceback
                 traceback.print_exc()
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
+            time.sleep(2.1)  # so that the load watch has a sample at the section's end
+            results["load"][name] = load.between(ts, time.monotonic())
+    load.stop.set()
     if idle is not None and "result" in idle:
         results["idle"] = idle["result"]
     results["run_seconds"] = time.monotonic() - t0

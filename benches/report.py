@@ -114,7 +114,7 @@ def header(r, w):
     w("Reproduce (as root, Debian/Ubuntu; it installs wrk, tini, dumb-init, catatonit, musl-tools, pm2 and "
       "matplotlib under `target/`):")
     w("")
-    w("```sh\nbenches/run           # full run, about 9 minutes\nbenches/run --quick   # about 4 minutes\n```")
+    w("```sh\nbenches/run           # full run, about 20 minutes\nbenches/run --quick   # about 9 minutes\n```")
     w("")
     w("![throughput and RSS](benchmarks.png)")
     w("")
@@ -437,14 +437,16 @@ def reap(r, w):
                  "is mostly noise. ")
         if prof:
             k = max(v["kernel_pct"] for v in prof.values())
-            text += (f"The profile says why they are all alike: {min(v['kernel_pct'] for v in prof.values()):.0f}-"
-                     f"{k:.0f}% of PID 1's time is spent in the kernel's `wait4` (`wait_consider_task` scanning "
+            lo = min(v["kernel_pct"] for v in prof.values())
+            share = f"{lo:.0f}%" if round(lo) == round(k) else f"{lo:.0f}-{k:.0f}%"
+            text += (f"The profile says why they are all alike: {share} of PID 1's time is spent in the kernel's "
+                     "`wait4` (`wait_consider_task` scanning "
                      "the init's 5000 children, `release_task` freeing each one, including the `/proc` "
                      "entries the poller looked up); the init's own code, per orphan a `waitpid` and a hash "
                      "lookup, is the rest. A `waitpid(-1, WNOHANG)` that finds no zombie scans every live "
                      "child under the tasklist lock the exiting orphans need too, so an init that wakes more "
-                     "often while they exit uses more CPU and delays them: the context-switch column, not "
-                     "the init's own code, goes with the slow runs.")
+                     "often while they exit (the context-switch column) does more of these scans and takes "
+                     "more of that lock, whatever its own code does.")
             own = prof.get("cluster-init (musl static)")
             if own:
                 text = text.replace("the init's own code, per orphan a `waitpid` and a hash lookup, is the rest",
@@ -589,6 +591,8 @@ def churn_rows(runs):
         if c.get("pm2"):
             st = [f"{a['status']} ({a['restarts']} restarts)" for a in c["pm2"]]
             notes.append("PM2 says: " + ", ".join(st))
+        if c.get("load_at_start") is not None:
+            notes.append(f"machine load {c['load_at_start']:g} at the start")
         lat, failed, slow = probe_cell(c.get("probe"))
         rows.append([f"**{c['manager']}**" if c["manager"].startswith("cluster-init") else c["manager"],
                      c["connection"], fmt_int(c["requests"]), fmt_int(c["rps"]),
@@ -855,9 +859,15 @@ def caveats(r, w):
     notes += new_caveats(r)
     notes.append("Start to all spawned includes cluster-init's own start (exec, dynamic loading, CPU detection, "
                  "runtime), which the posix_spawn loop does not have.")
+    hi = max((v[1] for v in (r.get("load") or {}).values() if v), default=None)
     notes.append("The machine is a shared 2-vCPU VM, and other work ran during the benchmark "
-                 "(other sessions' builds and test suites): the slices columns show the spread. wrk runs on the same 2 CPUs as "
-                 "the servers, so every config is client-bound to the same degree.")
+                 "(other sessions' builds and test suites)"
+                 + (f": its 1-minute load average reached {hi:g} (per section in the machine table below; "
+                    "per churn row in its notes)" if hi else "")
+                 + ". The slices columns and the reaping spread show what that does. wrk runs on the same 2 CPUs "
+                 "as the servers, so every config is client-bound to the same degree. The churn rows run one "
+                 "after the other (each manager fresh), not interleaved: a burst of outside load can hit one row "
+                 "and not the next.")
     for n in notes:
         w("- " + n)
     w("")
@@ -886,12 +896,24 @@ def new_caveats(r):
         down = [c for c in runs if c["scenario"] == "down" and c["manager"].startswith("cluster-init")]
         for c in down:
             n = churn_pick([x for x in runs if x["scenario"] == "down"], "node cluster", c["connection"])
-            if n and c["errors"] > n["errors"]:
-                notes.append(f"Slot held down ({c['connection']}): {c['errors']} errors against Node `cluster`'s "
-                             f"{n['errors']}. Connections that reached the killed worker's socket "
-                             "before the init had reaped it and updated the steering stay in that socket's queue "
-                             "for the whole time the slot is down (Node `cluster`'s primary accepts them itself and "
-                             "hands them to a live worker).")
+            if n and c["errors"] > n["errors"] and c["connection"] == "keep-alive":
+                notes.append(f"Slot held down, keep-alive: {c['errors']} wrk errors against Node `cluster`'s "
+                             f"{n['errors']}. These are read errors, one per keep-alive connection the killed "
+                             "worker held with a request in flight, the same for every manager: the count follows "
+                             "how many of wrk's 64 connections that worker had (`reuseport` hashes them over the "
+                             "slots, Node's round-robin deals them out), not the steering.")
+            elif n and c["errors"] > n["errors"]:
+                notes.append(f"Slot held down, new connection per request: {c['errors']} wrk errors against Node "
+                             f"`cluster`'s {n['errors']}.")
+        for c in down:
+            n = churn_pick([x for x in runs if x["scenario"] == "down"], "node cluster", c["connection"])
+            if n and worst_p99(c) >= 100:
+                notes.append(f"Slot held down ({c['connection']}): wrk's p99 is {c['p99_ms']:,.0f} ms and its max "
+                             f"{c['max_ms']:,.0f} ms against Node `cluster`'s {n['p99_ms']:,.0f} and "
+                             f"{n['max_ms']:,.0f} ms. The connections that were in the killed worker's accept queue, "
+                             "or reached its socket before the init had reaped it and updated the steering, stay "
+                             "in that socket's queue for the whole time the slot is down (Node `cluster`'s primary "
+                             "accepts every connection itself and hands it to a live worker).")
     except (KeyError, TypeError):
         pass
     try:
@@ -917,6 +939,8 @@ def machine_section(r, w):
         ["peers", f"node {v['node']}, pm2 {v['pm2']}, {v['tini']}, {v['dumb-init']}, catatonit "
                   f"{v['catatonit'].split()[-1]}, wrk {v['wrk']}"],
         ["run time", f"{r['run_seconds'] / 60:.1f} min" + (" (`--quick`)" if r.get("quick") else "")],
+        ["load average (1 min, lowest-highest) during each section",
+         ", ".join(f"{k} {v[0]:g}-{v[1]:g}" for k, v in (r.get("load") or {}).items() if v) or "not recorded"],
     ]))
     w("")
     w("Scripts: `benches/run` (installs, builds, runs, renders), `benches/bench.py` (the measurements), "
