@@ -234,8 +234,8 @@ def median(xs):
 
 # ---------------------------------------------------------------- wrk
 
-def wrk_cmd(port, secs, conns, threads, close=False):
-    return ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--timeout", "2s",
+def wrk_cmd(port, secs, conns, threads, close=False, timeout="2s"):
+    return ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--timeout", timeout,
             *(["-H", "Connection: close"] if close else []),
             "-s", os.path.join(BENCHES, "report.lua"), f"http://127.0.0.1:{port}/"]
 
@@ -528,18 +528,144 @@ def spawn_time_by_hand(n, reps=3):
     return median(ts)
 
 
-def reap_in_namespace(prefix, n):
+REAPERS = {
+    "cluster-init (musl static)": [MUSL, *QUIET, "--restart", "never", "-w", "1", "--"],
+    "cluster-init (glibc)": [BIN, *QUIET, "--restart", "never", "-w", "1", "--"],
+    "tini": ["tini", "--"],
+    "tini-static": ["tini-static", "--"],
+    "dumb-init": ["dumb-init"],
+    "catatonit": ["catatonit", "--"],
+}
+
+
+def reap_in_namespace(prefix, n, go=None, on_ready=None):
+    """One run of orphans.py under `prefix` as PID 1 of a new PID namespace. With `go`, the worker
+    waits after its setup until the file `go` exists; `on_ready(init_pid)` is called then (to
+    attach a profiler) and creates it."""
     out = os.path.join(TMP, f"reap-{random.randrange(1 << 30)}.json")
     cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *prefix,
            PY, os.path.join(BENCHES, "orphans.py"), str(n), out]
-    p = spawn(cmd)
+    env = clean_env(ORPHANS_GO=go) if go else None
+    p = spawn(cmd, env=env)
     try:
+        if go:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(go + ".ready") and time.monotonic() < deadline and p.poll() is None:
+                time.sleep(0.02)
+            kids = children(p.pid)
+            on_ready(kids[0] if kids else None)
         p.wait(120)
     except subprocess.TimeoutExpired:
         kill_tree(p, signal.SIGKILL)
         return None
-    j = json.loads(read(out) or "null")
-    return j
+    finally:
+        if go and not os.path.exists(go):
+            open(go, "w").close()
+    return json.loads(read(out) or "null")
+
+
+def perf_works():
+    if not shutil.which("perf"):
+        return False
+    r = subprocess.run(["perf", "stat", "-e", "cpu-clock", "-x,", "true"], capture_output=True, text=True,
+                       timeout=20)
+    return r.returncode == 0
+
+
+def reap_profile(name, n):
+    """Where PID 1's CPU goes while it reaps: `perf record -e cpu-clock` on the init from the
+    moment the orphans are woken to its exit; the share of samples per object (kernel, the
+    binary, libc) and the top kernel symbols."""
+    go = os.path.join(TMP, f"go-{random.randrange(1 << 30)}")
+    data = go + ".perf"
+    rec = {}
+
+    def attach(pid):
+        if pid is None:
+            return
+        rec["p"] = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "20000", "-p", str(pid),
+                                     "-o", data], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        STARTED.append(rec["p"])
+        time.sleep(1.0)  # perf needs a moment to attach
+        open(go, "w").close()
+
+    run = reap_in_namespace(REAPERS[name], n, go=go, on_ready=attach)
+    if "p" not in rec:
+        return None
+    try:
+        rec["p"].wait(30)
+    except subprocess.TimeoutExpired:
+        kill_tree(rec["p"], signal.SIGINT)
+
+    def report(sort):
+        out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort, "-g", "none"],
+                             capture_output=True, text=True, timeout=60).stdout
+        rows = []
+        for line in out.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+            if m and not line.startswith("#"):
+                rows.append((float(m.group(1)), m.group(2)))
+        return rows
+
+    try:
+        dsos = report("dso")
+        syms = report("dso,sym")
+    except Exception as e:  # noqa: BLE001
+        log("perf report failed:", e)
+        return None
+    kernel = sum(pct for pct, d in dsos if "kernel" in d)
+    return {"run": run, "kernel_pct": kernel, "user_pct": 100 - kernel,
+            "by_object": [[d, pct] for pct, d in dsos[:4]],
+            "top_symbols": [[re.sub(r"\s+", " ", d), pct] for pct, d in syms[:6]]}
+
+
+def bench_reap(q):
+    """Every init reaps the same N orphans, in rounds: each round runs every init once, in an order
+    rotated from round to round, so that a burst of outside load hits them alike; per init the
+    median and the spread over the rounds, and per round cluster-init's time over tini's."""
+    n = q.orphans
+    names = [k for k, v in REAPERS.items() if shutil.which(v[0]) or os.path.exists(v[0])]
+    runs = {k: [] for k in names}
+    for rnd in range(q.reap_rounds):
+        k = rnd % len(names)
+        for name in names[k:] + names[:k]:
+            j = reap_in_namespace(REAPERS[name], n)
+            runs[name].append(j)
+            if j:
+                log(f"reap round {rnd + 1} {name}: {j['reap_s'] * 1000:.0f} ms (last exit "
+                    f"{(j['exited_s'] or 0) * 1000:.0f} ms), init cpu {j['init_cpu_ms']:.0f} ms, "
+                    f"{j['init_wakeups']} switches")
+    res = {}
+    for name in names:
+        ok = [j for j in runs[name] if j]
+        res[name] = {
+            "reap_ms": median([j["reap_s"] * 1000 for j in ok]),
+            "all_ms": [None if j is None else round(j["reap_s"] * 1000) for j in runs[name]],
+            "exited_ms": median([j["exited_s"] * 1000 for j in ok if j.get("exited_s") is not None]),
+            "lag_ms": median([(j["reap_s"] - j["exited_s"]) * 1000 for j in ok if j.get("exited_s") is not None]),
+            "init_cpu_ms": median([j["init_cpu_ms"] for j in ok]),
+            "init_wakeups": median([j["init_wakeups"] for j in ok]),
+            "left": max([j["left"] for j in ok], default=None),
+            "runs": len(ok),
+        }
+
+    def paired(a, b):
+        xs = [x["reap_s"] / y["reap_s"] for x, y in zip(runs.get(a, []), runs.get(b, [])) if x and y]
+        return {"median": median(xs), "min": min(xs, default=None), "max": max(xs, default=None),
+                "rounds": [round(x, 2) for x in xs]}
+
+    ratios = {f"{a} / {b}": paired(a, b) for a in names if a.startswith("cluster-init")
+              for b in ("tini", "tini-static", "catatonit") if b in names}
+    profiles = {}
+    if perf_works():
+        for name in ("cluster-init (musl static)", "tini"):
+            if name in names:
+                profiles[name] = reap_profile(name, n)
+                log("reap profile", name, profiles[name])
+    out = {"orphans": n, "rounds": q.reap_rounds, "results": res, "ratios": ratios, "profiles": profiles}
+    log("reap", {k: v["reap_ms"] for k, v in res.items()}, ratios)
+    return out
 
 
 def bench_latency(q):
@@ -561,23 +687,6 @@ def bench_latency(q):
     r["spawn_all_ms"] = {f"cluster-init -w {n}": spawn_time(n) * 1000 for n in (2, 64)}
     r["spawn_all_ms"].update({f"by hand (posix_spawn x{n})": spawn_time_by_hand(n) * 1000 for n in (2, 64)})
     log("spawn", r["spawn_all_ms"])
-    n = q.orphans
-    reap = {
-        "cluster-init": [BIN, *QUIET, "--restart", "never", "-w", "1", "--"],
-        "tini": ["tini", "--"],
-        "dumb-init": ["dumb-init"],
-        "catatonit": ["catatonit", "--"],
-    }
-    r["reap"] = {"orphans": n, "results": {}}
-    for name, prefix in reap.items():
-        runs = [reap_in_namespace(prefix, n) for _ in range(q.reap_reps)]
-        ok = [j for j in runs if j]
-        r["reap"]["results"][name] = {
-            "reap_ms": median([j["reap_s"] * 1000 for j in ok]),
-            "left": max([j["left"] for j in ok], default=None),
-            "runs": len(ok),
-        }
-    log("reap", r["reap"])
     return r
 
 
@@ -725,11 +834,22 @@ def collector_modes(q):
     return res
 
 
-def bench_chaos(q):
+def bench_chaos(q, idle=None):
+    """With `idle` (a dict), the idle-cost measurement runs alongside the crash loop (both only
+    wait) and its result goes there."""
     r = {"kill_every_300ms": [chaos_kill(q, b) for b in ("reuseport", "shared")]}
     out = {}
     ths = [threading.Thread(target=lambda: out.__setitem__("loop", crash_loop(q.crash_loop))),
            threading.Thread(target=lambda: out.__setitem__("give_up", give_up(q.give_up)))]
+    if idle is not None:
+        def run_idle():
+            try:
+                idle["result"] = bench_idle(q)
+            except Exception as e:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                idle["result"] = {"error": f"{type(e).__name__}: {e}"}
+        ths.append(threading.Thread(target=run_idle))
     for t in ths:
         t.start()
     for t in ths:
@@ -739,6 +859,330 @@ def bench_chaos(q):
     log("crash loop", r["crash_loop"], r["give_up"])
     r["collector"] = collector_modes(q)
     return r
+
+
+# ---------------------------------------------------------------- churn
+
+VARIANT = os.path.join(BENCHES, "variant-server.js")
+
+
+def start_pool(kind, port, server=SERVER, env_extra=None, ci_args=(), binary=None, stdout=subprocess.DEVNULL,
+               admin=None):
+    """2 workers of `server` under `kind` (cluster-init, node cluster, pm2 -i 2) on 127.0.0.1:port;
+    returns (manager pid, stop)."""
+    env_extra = dict(env_extra or {})
+    if kind == "cluster-init":
+        cmd = [binary or BIN, *QUIET, "--listen", f"127.0.0.1:{port}", "-w", "2", *ci_args,
+               *(["--admin-listen", f"127.0.0.1:{admin}"] if admin else []), "--", NODE, server]
+        p = spawn(cmd, env=clean_env(**env_extra), stdout=stdout)
+        return p.pid, lambda: kill_tree(p)
+    if kind == "node cluster":
+        p = spawn([NODE, os.path.join(BENCHES, "node-cluster.js")],
+                  env=clean_env(PORT=port, WORKERS=2, SERVER=server, **env_extra), stdout=stdout)
+        return p.pid, lambda: kill_tree(p)
+    if kind == "pm2 -i 2":
+        home = os.path.join(TMP, f"pm2-{port}")
+        PM2_HOMES.append(home)
+        pm2(home, "start", server, "-i", "2", "--name", "bench", env_extra={"PORT": port, **env_extra})
+        return pm2_god_pid(home), lambda: pm2_kill(home)
+    raise ValueError(kind)
+
+
+def pm2_jlist(home):
+    try:
+        out = subprocess.run([PM2, "jlist"], env=clean_env(PM2_HOME=home), stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30).stdout
+        apps = json.loads(out[out.index("["):])
+        return [{"status": a["pm2_env"]["status"], "restarts": a["pm2_env"].get("restart_time"),
+                 "unstable_restarts": a["pm2_env"].get("unstable_restarts")} for a in apps]
+    except Exception as e:  # noqa: BLE001
+        log("pm2 jlist failed:", e)
+        return None
+
+
+def live_workers(mgr):
+    return [c for c in children(mgr) if state(c) not in (None, "Z")]
+
+
+class PoolWatch(threading.Thread):
+    """Polls a manager's children every 10 ms: every worker pid seen (so restarts), and the share
+    of polls that found no worker process at all."""
+
+    def __init__(self, mgr):
+        super().__init__(daemon=True)
+        self.mgr, self.seen, self.polls, self.empty, self.stop = mgr, set(), 0, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            live = live_workers(self.mgr)
+            self.seen.update(live)
+            self.polls += 1
+            self.empty += not live
+            self.stop.wait(0.01)
+
+
+def http_json(port, path, timeout=3):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return json.loads(r.read())
+    except Exception as e:  # noqa: BLE001
+        log("GET", path, "failed:", e)
+        return None
+
+
+def churn_run(kind, scenario, close, q, ci_args=(), label=None):
+    """One manager, fresh, under one churn scenario, with wrk -c64 over the whole window:
+    storm: a random live worker SIGKILLed every 300 ms; recycle: the workers exit(0) after every
+    100 requests; down: one worker SIGKILLed once, 0.5 s into the window."""
+    port = free_port()
+    admin = free_port() if kind == "cluster-init" else None
+    recycle = scenario == "recycle"
+    mgr, stop = start_pool(kind, port, server=VARIANT if recycle else SERVER,
+                           env_extra={"EXIT_AFTER_REQUESTS": q.recycle_after} if recycle else None,
+                           ci_args=ci_args, admin=admin)
+    secs = q.down_window if scenario == "down" else q.churn
+    res = {"manager": label or kind, "scenario": scenario, "connection": "close" if close else "keep-alive",
+           "load_at_start": round(os.getloadavg()[0], 1)}
+    watch = None
+    try:
+        wait_http(port)
+        deadline = time.monotonic() + 20
+        while len(live_workers(mgr)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not recycle:
+            wrk(port, 1)  # JIT warm-up of the workers (the recycling ones would only restart)
+        before = set(live_workers(mgr))
+        watch = PoolWatch(mgr)
+        watch.start()
+        # wrk records no latency above its --timeout: 10 s, so that a request that waited for a
+        # worker shows in p99 and max. Beside it, an open-loop probe: a new connection every 10 ms.
+        w = subprocess.Popen(wrk_cmd(port, secs, 64, 2, close, timeout="10s"), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        STARTED.append(w)
+        probe_out = os.path.join(TMP, f"probe-{port}.json")
+        pr = spawn([PY, os.path.join(BENCHES, "probe.py"), str(port), str(secs), str(q.probe_rate), probe_out])
+        t0 = time.monotonic()
+        kills, rng = 0, random.Random(1)
+        if scenario == "storm":
+            time.sleep(0.3)
+            while time.monotonic() - t0 < secs - 0.1 and w.poll() is None:
+                live = live_workers(mgr)
+                if live:
+                    try:
+                        os.kill(rng.choice(live), signal.SIGKILL)
+                        kills += 1
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.3)
+        elif scenario == "down":
+            time.sleep(0.5)
+            victim = min(live_workers(mgr))
+            os.kill(victim, signal.SIGKILL)
+            kills = 1
+            tk = time.monotonic()
+            down = None
+            while time.monotonic() - t0 < secs + 5:
+                if set(live_workers(mgr)) - before - {victim}:
+                    down = time.monotonic() - tk
+                    break
+                time.sleep(0.002)
+            res["down_s"] = down
+        out, _ = w.communicate(timeout=secs + 30)
+        pr.wait(secs + 30)
+        watch.stop.set()
+        watch.join()
+        r = parse_wrk(out)
+        res["probe"] = json.loads(read(probe_out) or "null")
+        res.update({
+            "requests": r["requests"], "rps": r["rps"], "kills": kills,
+            "errors": r["socket_errors"] + r["status"],
+            "errors_detail": {k: r[k] for k in ("connect", "read", "write", "timeout", "status")},
+            "p50_ms": r["p50"] / 1000, "p99_ms": r["p99"] / 1000, "max_ms": r["max"] / 1000,
+            "workers_started": len(watch.seen - before),
+            "no_worker_pct": 100 * watch.empty / max(1, watch.polls),
+        })
+        if admin:
+            st = http_json(admin, "/status")
+            if st:
+                res["steering_updates"] = st.get("steering_updates")
+                res["exit_reasons"] = sorted({w.get("last_exit_reason") for w in st.get("workers", [])
+                                              if w.get("last_exit_reason")})
+        if kind == "pm2 -i 2":
+            res["pm2"] = pm2_jlist(os.path.join(TMP, f"pm2-{port}"))
+    finally:
+        if watch:
+            watch.stop.set()
+        stop()
+    log("churn", res)
+    return res
+
+
+CHURN_CONFIGS = {
+    "storm": [("cluster-init", ()), ("cluster-init --backoff-reset 1s", ("--backoff-reset", "1s")),
+              ("cluster-init --backoff-initial 10ms --backoff-max 100ms",
+               ("--backoff-initial", "10ms", "--backoff-max", "100ms")),
+              ("cluster-init --backoff-initial 10ms --backoff-max 100ms --ready 150ms",
+               ("--backoff-initial", "10ms", "--backoff-max", "100ms", "--ready", "150ms")),
+              ("node cluster", None), ("pm2 -i 2", None)],
+    "recycle": [("cluster-init", ()), ("node cluster", None), ("pm2 -i 2", None)],
+    "down": [("cluster-init --backoff-initial 4s --backoff-max 4s", ("--backoff-initial", "4s", "--backoff-max", "4s")),
+             ("node cluster", None), ("pm2 -i 2", None)],
+}
+
+
+def bench_churn(q):
+    out = {"window_s": q.churn, "down_window_s": q.down_window, "recycle_after": q.recycle_after, "runs": [],
+           "probe_rate": q.probe_rate,
+           "tcp_migrate_req": read("/proc/sys/net/ipv4/tcp_migrate_req").strip() or None}
+    for scenario, configs in CHURN_CONFIGS.items():
+        for close in (False, True):
+            for label, ci_args in configs:
+                kind = "cluster-init" if label.startswith("cluster-init") else label
+                try:
+                    out["runs"].append(churn_run(kind, scenario, close, q, ci_args or (), label))
+                except Exception as e:  # noqa: BLE001 - one failed run must not hide the others
+                    log("churn run failed:", label, scenario, close, e)
+                    out["runs"].append({"manager": label, "scenario": scenario,
+                                        "connection": "close" if close else "keep-alive",
+                                        "error": f"{type(e).__name__}: {e}"})
+    return out
+
+
+# ---------------------------------------------------------------- idle cost of the budget watch
+
+def thread_stats(pid):
+    """(CPU ns from schedstat, context switches voluntary + involuntary), over all threads."""
+    cpu, sw = 0, 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return None, None
+    for t in tasks:
+        st = read(f"/proc/{pid}/task/{t}/schedstat").split()
+        cpu += int(st[0]) if st else 0
+        for m in re.finditer(r"ctxt_switches:\s+(\d+)", read(f"/proc/{pid}/task/{t}/status")):
+            sw += int(m.group(1))
+    return cpu, sw
+
+
+IDLE_CONFIGS = {
+    "--workers max (budget watch every 5 s, the default)": [BIN, *QUIET, "--workers", "max"],
+    "--workers max --budget-interval 1s": [BIN, *QUIET, "--workers", "max", "--budget-interval", "1s"],
+    "--workers max --budget-interval 0": [BIN, *QUIET, "--workers", "max", "--budget-interval", "0"],
+    "--workers 2": [BIN, *QUIET, "--workers", "2"],
+    "--workers max, musl static": [MUSL, *QUIET, "--workers", "max"],
+    "--workers max --budget-interval 0, musl static": [MUSL, *QUIET, "--workers", "max", "--budget-interval", "0"],
+}
+
+
+def bench_idle(q):
+    """The idle init's wakeups and CPU: every config at once (they are idle), workers `sleep`,
+    counted over q.idle seconds after a 2 s settle."""
+    procs, res = {}, {}
+    try:
+        for name, cmd in IDLE_CONFIGS.items():
+            if os.path.exists(cmd[0]):
+                procs[name] = spawn([*cmd, "--", "sleep", "100000"])
+        for name, p in procs.items():
+            wait_children(p.pid, 1, "sleep", timeout=20)
+        time.sleep(2)
+        t0 = time.monotonic()
+        first = {n: (thread_stats(p.pid), cpu_seconds(p.pid), len(os.listdir(f"/proc/{p.pid}/task")))
+                 for n, p in procs.items()}
+        time.sleep(q.idle)
+        wall = time.monotonic() - t0
+        for name, p in procs.items():
+            (c0, s0), u0, threads = first[name]
+            c1, s1 = thread_stats(p.pid)
+            u1 = cpu_seconds(p.pid)
+            res[name] = {"window_s": wall, "wakeups": s1 - s0, "wakeups_per_s": (s1 - s0) / wall,
+                         "cpu_ms": (c1 - c0) / 1e6, "cpu_pct": 100 * (c1 - c0) / 1e9 / wall,
+                         "cpu_ticks_s": u1 - u0, "threads": threads,
+                         "workers": len(live_workers(p.pid))}
+    finally:
+        for p in procs.values():
+            kill_tree(p)
+    log("idle", res)
+    return {"window_s": q.idle, "results": res}
+
+
+# ---------------------------------------------------------------- worker output relay
+
+OUTPUT_CONFIGS = ["inherit", "prefix", "json", "inherit, no log line"]
+
+
+def bench_output(q):
+    """2 workers of the seed server logging one line per request, under --worker-output inherit,
+    prefix and json (and the seed server without the log line, as a reference), all up at once on
+    their own ports; cluster-init's stdout is a pipe that `wc -l` drains; wrk keep-alive slices go
+    round-robin over the setups. Per slice: req/s, the init's CPU, and its write(2) calls."""
+    mgrs, stops, ports, drains, warm = {}, [], {}, {}, {}
+    res = {n: [] for n in OUTPUT_CONFIGS}
+    try:
+        for name in OUTPUT_CONFIGS:
+            ports[name] = free_port()
+            rfd, wfd = os.pipe()
+            drains[name] = subprocess.Popen(["wc", "-l"], stdin=rfd, stdout=subprocess.PIPE, text=True,
+                                            start_new_session=True)
+            STARTED.append(drains[name])
+            os.close(rfd)
+            mode = name.split(",")[0]
+            logging = "no log line" not in name
+            mgrs[name], stop = start_pool("cluster-init", ports[name], server=VARIANT,
+                                          env_extra={"LOG_EACH_REQUEST": 1} if logging else None,
+                                          ci_args=("--worker-output", mode), stdout=wfd)
+            os.close(wfd)
+            stops.append(stop)
+        for name in OUTPUT_CONFIGS:
+            wait_http(ports[name])
+            warm[name] = wrk(ports[name], q.warmup)["requests"]
+        for rnd in range(q.output_rounds):
+            k = rnd % len(OUTPUT_CONFIGS)
+            for name in OUTPUT_CONFIGS[k:] + OUTPUT_CONFIGS[:k]:
+                mgr = mgrs[name]
+                c0, w0 = thread_stats(mgr)[0], syscw(mgr)
+                r = wrk(ports[name], q.output_duration)
+                c1, w1 = thread_stats(mgr)[0], syscw(mgr)
+                secs = r["duration_us"] / 1e6
+                r["init_cpu_pct"] = 100 * (c1 - c0) / 1e9 / secs
+                r["init_writes_per_request"] = (w1 - w0) / max(1, r["requests"])
+                res[name].append(r)
+                log(f"output slice {rnd + 1} {name}: {r['rps']:.0f} req/s, p99 {r['p99'] / 1000:.1f} ms, "
+                    f"init cpu {r['init_cpu_pct']:.1f}%, {r['init_writes_per_request']:.2f} writes/request, "
+                    f"errors {r['socket_errors'] + r['status']}")
+    finally:
+        for stop in stops:
+            stop()
+    lines = {}
+    for name, d in drains.items():
+        try:
+            lines[name] = int(d.communicate(timeout=20)[0].strip() or 0)
+        except Exception:  # noqa: BLE001
+            kill_tree(d, signal.SIGKILL)
+            lines[name] = None
+    summary = {}
+    for name in OUTPUT_CONFIGS:
+        rs = res[name]
+        summary[name] = {
+            "rounds": [round(r["rps"]) for r in rs],
+            "rps": median([r["rps"] for r in rs]),
+            "p99_ms": median([r["p99"] for r in rs]) / 1000,
+            "errors": sum(r["socket_errors"] + r["status"] for r in rs),
+            "init_cpu_pct": median([r["init_cpu_pct"] for r in rs]),
+            "init_writes_per_request": median([r["init_writes_per_request"] for r in rs]),
+            # answered in all (warm-up and slices; wrk counts only completed responses), and the
+            # lines that reached the pipe's reader: one per request, so lines >= requests
+            "requests": sum(r["requests"] for r in rs) + warm.get(name, 0),
+            "lines_out": lines.get(name),
+        }
+    log("output", summary)
+    return {"wrk": f"wrk -t2 -c64 -d{q.output_duration}s, {q.output_rounds} slices per setup interleaved "
+                   "round-robin, median", "configs": summary}
+
+
+def syscw(pid):
+    m = re.search(r"syscw:\s+(\d+)", read(f"/proc/{pid}/io"))
+    return int(m.group(1)) if m else 0
 
 
 # ---------------------------------------------------------------- machine
@@ -770,35 +1214,71 @@ def machine():
     }
 
 
+class LoadWatch(threading.Thread):
+    """The machine's 1-minute load average every 2 s, to tell in the report how busy the shared
+    machine was during each section (other sessions' work is not ours to stop)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples, self.stop = [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), os.getloadavg()[0]))
+            self.stop.wait(2)
+
+    def between(self, t0, t1):
+        xs = [v for t, v in self.samples if t0 <= t <= t1]
+        return [round(min(xs), 1), round(max(xs), 1)] if xs else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="shorter run (fewer rounds, shorter loads)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", help="comma-separated subset: throughput,footprint,latency,scale,chaos")
+    ap.add_argument("--only", help="comma-separated subset: throughput,output,footprint,latency,reap,scale,"
+                                   "churn,chaos,idle")
     a = ap.parse_args()
     q = argparse.Namespace(
         quick=a.quick, rounds=2 if a.quick else 8, duration=4 if a.quick else 5, warmup=1 if a.quick else 2,
         close_rounds=2 if a.quick else 5, close_duration=2 if a.quick else 3,
-        orphans=5000, reap_reps=1 if a.quick else 3, chaos=10 if a.quick else 20,
-        crash_loop=20 if a.quick else 60, give_up=10 if a.quick else 30)
+        orphans=5000, reap_rounds=2 if a.quick else 8, chaos=10 if a.quick else 20,
+        crash_loop=20 if a.quick else 60, give_up=10 if a.quick else 30,
+        churn=5 if a.quick else 10, down_window=5, recycle_after=100, probe_rate=100,
+        idle=20 if a.quick else 60, output_rounds=2 if a.quick else 5, output_duration=3 if a.quick else 5)
     for tool in ("wrk", "tini", "tini-static", "dumb-init", "catatonit", "unshare", "node", "bash"):
         if not shutil.which(tool):
             sys.exit(f"missing tool: {tool} (benches/run installs it)")
     if os.geteuid() != 0:
         sys.exit("run as root: the reaping benchmark makes PID namespaces")
-    only = set((a.only or "throughput,footprint,latency,scale,chaos").split(","))
+    only = set((a.only or "throughput,output,footprint,latency,reap,scale,churn,chaos,idle").split(","))
     t0 = time.monotonic()
     results = {"quick": a.quick, "machine": machine()}
-    for name, fn in (("throughput", bench_throughput), ("footprint", bench_footprint),
-                     ("latency", bench_latency), ("scale", bench_scale), ("chaos", bench_chaos)):
+    idle = {} if "idle" in only else None
+    sections = (("throughput", bench_throughput), ("output", bench_output), ("footprint", bench_footprint),
+                ("latency", bench_latency), ("reap", bench_reap), ("scale", bench_scale),
+                ("churn", bench_churn), ("chaos", lambda q: bench_chaos(q, idle)))
+    if "chaos" not in only and "idle" in only:
+        sections += (("idle", bench_idle),)
+        idle = None
+    load = LoadWatch()
+    load.start()
+    results["load"] = {}
+    for name, fn in sections:
         if name in only:
             log("==", name)
+            ts = time.monotonic()
             try:
                 results[name] = fn(q)
             except Exception as e:  # noqa: BLE001 - the other sections still run; the report says it failed
                 import traceback
                 traceback.print_exc()
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
+            time.sleep(2.1)  # so that the load watch has a sample at the section's end
+            results["load"][name] = load.between(ts, time.monotonic())
+    load.stop.set()
+    if idle is not None and "result" in idle:
+        results["idle"] = idle["result"]
     results["run_seconds"] = time.monotonic() - t0
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
