@@ -942,7 +942,7 @@ def churn_run(kind, scenario, close, q, ci_args=(), label=None):
                            ci_args=ci_args, admin=admin)
     secs = q.down_window if scenario == "down" else q.churn
     res = {"manager": label or kind, "scenario": scenario, "connection": "close" if close else "keep-alive",
-           "load_at_start": round(os.getloadavg()[0], 1)}
+           "busy_before_pct": machine_busy()}
     watch = None
     try:
         wait_http(port)
@@ -1017,6 +1017,26 @@ def churn_run(kind, scenario, close, q, ci_args=(), label=None):
     return res
 
 
+MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req"
+# The same held-down slot with the kernel migrating a closed listener's queue: the init parks a slot
+# that stays down 500 ms or more, so the connections queued on it move to the live slot at once.
+MIGRATE_LABEL = "cluster-init --backoff-initial 4s --backoff-max 4s, tcp_migrate_req=1"
+
+
+def with_migrate(fn):
+    """Runs fn with net.ipv4.tcp_migrate_req=1 in this network namespace, restored after."""
+    old = (read(MIGRATE) or "").strip()
+    if not old:
+        raise RuntimeError("this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+)")
+    with open(MIGRATE, "w") as f:
+        f.write("1")
+    try:
+        return fn()
+    finally:
+        with open(MIGRATE, "w") as f:
+            f.write(old)
+
+
 CHURN_CONFIGS = {
     "storm": [("cluster-init", ()), ("cluster-init --backoff-reset 1s", ("--backoff-reset", "1s")),
               ("cluster-init --backoff-initial 10ms --backoff-max 100ms",
@@ -1026,6 +1046,7 @@ CHURN_CONFIGS = {
               ("node cluster", None), ("pm2 -i 2", None)],
     "recycle": [("cluster-init", ()), ("node cluster", None), ("pm2 -i 2", None)],
     "down": [("cluster-init --backoff-initial 4s --backoff-max 4s", ("--backoff-initial", "4s", "--backoff-max", "4s")),
+             (MIGRATE_LABEL, ("--backoff-initial", "4s", "--backoff-max", "4s")),
              ("node cluster", None), ("pm2 -i 2", None)],
 }
 
@@ -1039,7 +1060,8 @@ def bench_churn(q):
             for label, ci_args in configs:
                 kind = "cluster-init" if label.startswith("cluster-init") else label
                 try:
-                    out["runs"].append(churn_run(kind, scenario, close, q, ci_args or (), label))
+                    run = lambda: churn_run(kind, scenario, close, q, ci_args or (), label)  # noqa: E731
+                    out["runs"].append(with_migrate(run) if label == MIGRATE_LABEL else run())
                 except Exception as e:  # noqa: BLE001 - one failed run must not hide the others
                     log("churn run failed:", label, scenario, close, e)
                     out["runs"].append({"manager": label, "scenario": scenario,
@@ -1214,22 +1236,16 @@ def machine():
     }
 
 
-class LoadWatch(threading.Thread):
-    """The machine's 1-minute load average every 2 s, to tell in the report how busy the shared
-    machine was during each section (other sessions' work is not ours to stop)."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.samples, self.stop = [], threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            self.samples.append((time.monotonic(), os.getloadavg()[0]))
-            self.stop.wait(2)
-
-    def between(self, t0, t1):
-        xs = [v for t, v in self.samples if t0 <= t <= t1]
-        return [round(min(xs), 1), round(max(xs), 1)] if xs else None
+def machine_busy(secs=1.0):
+    """The share of the machine's CPU time (all CPUs) that was busy over the next secs: taken between
+    two runs, when none of ours is running, it is what other work on the shared machine took."""
+    def sample():
+        f = [int(x) for x in read("/proc/stat").split("\n")[0].split()[1:]]
+        return sum(f), f[3] + f[4]  # total, idle + iowait
+    t0, i0 = sample()
+    time.sleep(secs)
+    t1, i1 = sample()
+    return round(100 * (1 - (i1 - i0) / max(1, t1 - t0)))
 
 
 def main():
@@ -1261,22 +1277,15 @@ def main():
     if "chaos" not in only and "idle" in only:
         sections += (("idle", bench_idle),)
         idle = None
-    load = LoadWatch()
-    load.start()
-    results["load"] = {}
     for name, fn in sections:
         if name in only:
             log("==", name)
-            ts = time.monotonic()
             try:
                 results[name] = fn(q)
             except Exception as e:  # noqa: BLE001 - the other sections still run; the report says it failed
                 import traceback
                 traceback.print_exc()
                 results[name] = {"error": f"{type(e).__name__}: {e}"}
-            time.sleep(2.1)  # so that the load watch has a sample at the section's end
-            results["load"][name] = load.between(ts, time.monotonic())
-    load.stop.set()
     if idle is not None and "result" in idle:
         results["idle"] = idle["result"]
     results["run_seconds"] = time.monotonic() - t0

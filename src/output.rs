@@ -167,6 +167,7 @@ async fn pump(mode: WorkerOutput, fd: OwnedFd, stream: Stream, origin: Rc<Origin
 /// Relays every complete line of `pending` (and cuts over-long ones), keeping the rest.
 fn emit_lines(mode: WorkerOutput, stream: Stream, origin: &Origin, pending: &mut Vec<u8>) {
     let mut start = 0;
+    let mut out = Vec::new();
     loop {
         let rest = &pending[start..];
         let end = match rest.iter().position(|&b| b == b'\n') {
@@ -176,8 +177,11 @@ fn emit_lines(mode: WorkerOutput, stream: Stream, origin: &Origin, pending: &mut
         };
         let line = &rest[..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        stream.sink().line(&format_line(mode, stream, origin, line));
+        out.push(format_line(mode, stream, origin, line));
         start += end + usize::from(rest.get(end) == Some(&b'\n'));
+    }
+    if !out.is_empty() {
+        stream.sink().lines(out);
     }
     pending.drain(..start);
 }

@@ -89,16 +89,25 @@ impl Sink {
 
     /// Queues one line (a newline is added when missing) and writes what the stream takes now.
     pub fn line(&self, line: &[u8]) {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        self.lines(std::iter::once(line));
+    }
+
+    /// Queues lines and writes what the stream takes now: the lines one read of a worker's pipe
+    /// brought go out together, in as few writes as `PIPE_BUF` allows.
+    pub fn lines<L: AsRef<[u8]>>(&self, lines: impl IntoIterator<Item = L>) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         if inner.mode == Mode::Closed {
             return;
         }
-        if inner.queued + line.len() + 1 > QUEUE_LIMIT {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
+        for line in lines {
+            let line = line.as_ref();
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            if inner.queued + line.len() + 1 > QUEUE_LIMIT {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             for chunk in split(line) {
                 inner.queued += chunk.len();
                 inner.queue.push_back(chunk);
@@ -365,6 +374,30 @@ mod tests {
         total += reader.read_to_end(&mut Vec::new()).unwrap();
         assert_eq!(total % 1001, 0, "a line was torn");
         assert_eq!(total / 1001 + dropped as usize, 1000);
+    }
+
+    #[test]
+    fn lines_queued_together_go_out_in_one_write() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        // A datagram socket keeps each write apart, so the reader sees how many there were.
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let sink = Sink::open(ours.as_raw_fd());
+        sink.lines([&b"one"[..], b"two\n", b"three"]);
+        let mut buf = [0u8; 256];
+        let n = nix::unistd::read(&theirs, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"one\ntwo\nthree\n");
+        let again = nix::sys::socket::recv(
+            theirs.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        );
+        assert_eq!(again, Err(nix::errno::Errno::EAGAIN), "a second write");
     }
 
     #[test]
