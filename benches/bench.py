@@ -377,8 +377,9 @@ def start_collector(mode, port, count_file=None):
     return p
 
 
-def idle_rss(cmd, env=None, n=1, settle=2.0, late=None):
-    """RSS of a freshly started init once its children run `sleep`, after `settle` s (and `late` s)."""
+def idle_rss(cmd, env=None, n=1, settle=2.0, late=None, until=None):
+    """RSS of a freshly started init once its children run `sleep`, after `settle` s (and `late` s,
+    and once `until()` is true, waited for up to 10 s more)."""
     p = spawn(cmd, env=env)
     try:
         wait_children(p.pid, n, "sleep", timeout=10)
@@ -386,6 +387,9 @@ def idle_rss(cmd, env=None, n=1, settle=2.0, late=None):
         kb = rss_kb(p.pid)
         if late:
             time.sleep(late - settle)
+            deadline = time.monotonic() + 10
+            while until and not until() and time.monotonic() < deadline:
+                time.sleep(0.1)
             kb = max(kb, rss_kb(p.pid) or 0)
         return kb
     finally:
@@ -411,10 +415,13 @@ def bench_footprint(q):
     col = start_collector("ok", cport, count)
     env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{cport}", OTEL_BSP_SCHEDULE_DELAY=1000)
     # after the first exports too: the exporter's buffers and HTTP client only grow once used
-    rss["cluster-init -w 2 + telemetry"] = idle_rss([BIN, *QUIET, "-w", "2", *sleep], env=env, n=2, late=4.0)
+    def posted(before):
+        return lambda: int(read(count) or 0) > before
+    rss["cluster-init -w 2 + telemetry"] = idle_rss([BIN, *QUIET, "-w", "2", *sleep], env=env, n=2, late=4.0,
+                                                    until=posted(0))
     if os.path.exists(MUSL):
-        rss["cluster-init -w 2 + telemetry (musl static)"] = idle_rss([MUSL, *QUIET, "-w", "2", *sleep], env=env,
-                                                                      n=2, late=4.0)
+        rss["cluster-init -w 2 + telemetry (musl static)"] = idle_rss(
+            [MUSL, *QUIET, "-w", "2", *sleep], env=env, n=2, late=4.0, until=posted(int(read(count) or 0)))
     posts = int(read(count) or 0)
     kill_tree(col)
     rss["tini"] = idle_rss(["tini", "-s", *sleep])

@@ -507,10 +507,12 @@ def output(r, w):
                      + ": the same server without it does "
                      f"{quiet['rps']:,.0f} req/s ({quiet['rps'] / base:.2f}x), because a Node `console.log` to "
                      "a pipe is a synchronous `write(2)` in the worker. ")
-        text += (f"The init makes {pre['init_writes_per_request']:.2f} `write(2)` per relayed line: the lines "
-                 "one read of a worker's pipe brought go out together (src/sink.rs `Sink::lines`), as soon as "
-                 "they are read; a worker that writes one line per request and is read as fast as it writes "
-                 "gives one line per read, hence close to one write per line. ")
+        wpl = pre["init_writes_per_request"]
+        text += (f"The init makes {wpl:.2f} `write(2)` per relayed line: the lines one read of a worker's "
+                 "pipe brought go out together (src/sink.rs `Sink::lines`), as soon as they are read"
+                 + (f", about {1 / wpl:.1f} lines per write here. " if 0 < wpl < 0.9 else
+                    "; a worker read as fast as it writes gives one line per read, hence about one write per "
+                    "line. "))
         logged = [v for k, v in c.items() if "no log" not in k and v.get("lines_out") is not None]
         if logged and all(v["lines_out"] >= v["requests"] for v in logged):
             text += "No line was lost (lines out >= requests answered, in every mode)."
