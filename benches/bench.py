@@ -390,6 +390,8 @@ def idle_rss(cmd, env=None, n=1, settle=2.0, late=None, until=None):
             deadline = time.monotonic() + 10
             while until and not until() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            if until and not until():
+                log("idle_rss: the awaited event did not come within 10 s:", cmd[0])
             kb = max(kb, rss_kb(p.pid) or 0)
         return kb
     finally:
@@ -944,12 +946,13 @@ def churn_run(kind, scenario, close, q, ci_args=(), label=None):
     port = free_port()
     admin = free_port() if kind == "cluster-init" else None
     recycle = scenario == "recycle"
+    busy = machine_busy()  # before anything of this row runs: what the rest of the machine does
     mgr, stop = start_pool(kind, port, server=VARIANT if recycle else SERVER,
                            env_extra={"EXIT_AFTER_REQUESTS": q.recycle_after} if recycle else None,
                            ci_args=ci_args, admin=admin)
     secs = q.down_window if scenario == "down" else q.churn
     res = {"manager": label or kind, "scenario": scenario, "connection": "close" if close else "keep-alive",
-           "busy_before_pct": machine_busy()}
+           "busy_before_pct": busy}
     watch = None
     try:
         wait_http(port)
@@ -1247,7 +1250,8 @@ def machine_busy(secs=1.0):
     """The share of the machine's CPU time (all CPUs) that was busy over the next secs: taken between
     two runs, when none of ours is running, it is what other work on the shared machine took."""
     def sample():
-        f = [int(x) for x in read("/proc/stat").split("\n")[0].split()[1:]]
+        # user..steal; guest time is already in user
+        f = [int(x) for x in read("/proc/stat").split("\n")[0].split()[1:9]]
         return sum(f), f[3] + f[4]  # total, idle + iowait
     t0, i0 = sample()
     time.sleep(secs)

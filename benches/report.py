@@ -245,11 +245,14 @@ def targets_churn(r):
                  for c in down]
         mig = [c for c in down if "tcp_migrate_req=1" in c["manager"]]
         plain = [c for c in down if c not in mig]
-        ok_plain, ok_mig = all(worst_p99(c) < 100 for c in plain), all(worst_p99(c) < 100 for c in mig)
+        ok_plain = bool(plain) and all(worst_p99(c) < 100 for c in plain)
+        ok_mig = bool(mig) and all(worst_p99(c) < 100 for c in mig)
+        host = ch.get("tcp_migrate_req")
+        plain_as = (f"with this machine's `tcp_migrate_req={host}`" + (" (the kernel's default)" if host == "0" else "")
+                    if host is not None else "without `tcp_migrate_req`")
         rows.append(["(issue 12) churn (c) slot held down 4 s: p99 under 100 ms", "; ".join(parts),
-                     verdict(ok_plain) + ("" if ok_plain or not mig or not ok_mig
-                                          else " with the kernel's default `tcp_migrate_req=0`; yes with "
-                                               "`tcp_migrate_req=1`")])
+                     verdict(ok_plain) + f" {plain_as}"
+                     + (f"; {'yes' if ok_mig else '**no**'} with `tcp_migrate_req=1`" if mig else "")])
     return rows
 
 
@@ -510,9 +513,7 @@ def output(r, w):
         wpl = pre["init_writes_per_request"]
         text += (f"The init makes {wpl:.2f} `write(2)` per relayed line: the lines one read of a worker's "
                  "pipe brought go out together (src/sink.rs `Sink::lines`), as soon as they are read"
-                 + (f", about {1 / wpl:.1f} lines per write here. " if 0 < wpl < 0.9 else
-                    "; a worker read as fast as it writes gives one line per read, hence about one write per "
-                    "line. "))
+                 + (f", about {1 / wpl:.1f} lines per write here. " if 0 < wpl < 0.9 else ". "))
         logged = [v for k, v in c.items() if "no log" not in k and v.get("lines_out") is not None]
         if logged and all(v["lines_out"] >= v["requests"] for v in logged):
             text += "No line was lost (lines out >= requests answered, in every mode)."
@@ -730,8 +731,10 @@ def churn_meaning(scen, rs, ch):
              "with `net.ipv4.tcp_migrate_req=1` it parks a slot whose restart delay is 500 ms or more, closing "
              "its socket so that the kernel moves the queue to a live one (the `tcp_migrate_req=1` row, which "
              "sets it for that run only; this machine's own setting is "
-             f"`tcp_migrate_req={ch.get('tcp_migrate_req', '?')}`, the kernel's default, and Kubernetes counts "
-             "it among the unsafe sysctls a cluster must allow)."]
+             + (f"`tcp_migrate_req={ch.get('tcp_migrate_req')}`" if ch.get("tcp_migrate_req") is not None
+                else "without `tcp_migrate_req`")
+             + (", the kernel's default" if ch.get("tcp_migrate_req") == "0" else "")
+             + "; Kubernetes counts it among the unsafe sysctls a cluster must allow)."]
     return " ".join(parts)
 
 
@@ -924,7 +927,10 @@ def new_caveats(r):
             if not n or worst_p99(c) < 100:
                 continue
             pb = c.get("probe") or {}
-            name = f"`{c['manager'][len('cluster-init '):]}`" if c["manager"] != "cluster-init" else "defaults"
+            opts, _, extra = c["manager"][len("cluster-init "):].partition(", ")
+            name = (f"`{opts}`" if opts else "defaults") + (f", {extra}" if extra else "")
+            back = max((x.get("down_s") or 0) for x in runs if x["scenario"] == "down"
+                       and not x["manager"].startswith("cluster-init"))
             if c["p99_ms"] >= 100:
                 notes.append(f"Slot held down ({name}, {c['connection']}): wrk's p99 is {c['p99_ms']:,.0f} ms and its "
                              f"max {c['max_ms']:,.0f} ms against Node `cluster`'s {n['p99_ms']:,.0f} and "
@@ -932,6 +938,11 @@ def new_caveats(r):
                              "queue, or reached its socket before the init had reaped it and updated the "
                              "steering, stay in that socket's queue for the whole time the slot is down (Node "
                              "`cluster`'s primary accepts every connection itself and hands it to a live worker).")
+            elif max(c["max_ms"], pb.get("max_ms") or 0) >= 1000:
+                notes.append(f"Slot held down ({name}, {c['connection']}): wrk's p99 is {c['p99_ms']:,.0f} ms and "
+                             f"the probe's {pb.get('p99_ms') or 0:,.0f} ms, but the slowest request took "
+                             f"{max(c['max_ms'], pb.get('max_ms') or 0):,.0f} ms: a few connections still waited "
+                             "for the slot's next worker.")
             else:
                 pm = churn_pick([x for x in runs if x["scenario"] == "down"], "pm2 -i 2", c["connection"])
                 notes.append(f"Slot held down ({name}, {c['connection']}): wrk's p99 is {c['p99_ms']:,.0f} ms but the "
@@ -940,8 +951,8 @@ def new_caveats(r):
                              + (f", PM2 {(pm.get('probe') or {}).get('p99_ms') or 0:,.0f} ms" if pm else "")
                              + "). No connection waited for the dead worker; the one worker left serves wrk's 64 "
                              "connections and the probe alone for the seconds the slot is held down, and the "
-                             "probe's new connections queue behind that load. Node `cluster` and PM2 have their "
-                             "second worker back within milliseconds.")
+                             "probe's new connections queue behind that load. Node `cluster` and PM2 had their "
+                             f"second worker back within {back * 1000:,.0f} ms.")
     except (KeyError, TypeError):
         pass
     try:
