@@ -891,10 +891,12 @@ def new_caveats(r):
     try:
         rp = r["reap"]["results"]
         cm, ti = rp["cluster-init (musl static)"]["reap_ms"], rp["tini"]["reap_ms"]
+        prof = [v["kernel_pct"] for v in (r["reap"].get("profiles") or {}).values() if v]
         if cm > ti:
             notes.append(f"Reaping: the static cluster-init's median ({cm:.0f} ms) is above tini's ({ti:.0f} ms) in "
-                         "this run; see the reaping table for the spread, which is larger than the gap, and the "
-                         "profile, which puts 97-99% of every init's time in the kernel's `wait4`.")
+                         "this run; see the reaping table for the spread, which is larger than the gap"
+                         + (f", and the profile, which puts {min(prof):.0f}-{max(prof):.0f}% of the profiled inits' "
+                            "time in the kernel (`wait4`)" if prof else "") + ".")
     except (KeyError, TypeError):
         pass
     try:
