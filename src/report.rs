@@ -393,7 +393,7 @@ impl Reporter {
                 let why = stop_cause(cause);
                 match cause {
                     StopCause::Signal(_) | StopCause::Command => {
-                        info!("{why}: stopping gracefully (a second TERM stops now)")
+                        info!("{why}: stopping gracefully (a second TERM or INT stops now)")
                     }
                     _ => info!("{why}: stopping"),
                 }

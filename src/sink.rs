@@ -413,14 +413,13 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_the_queue_is_written_not_dropped_when_the_stream_takes_it() {
-        let file = tempfile::tempfile().expect("tempfile");
+        let mut file = tempfile::tempfile().expect("tempfile");
         let sink = Sink::open(file.as_raw_fd());
         let line = [b'y'; 19];
         sink.lines(std::iter::repeat_n(&line[..], 20_000));
         assert_eq!(sink.take_dropped(), 0);
         assert!(sink.flush());
         let mut text = Vec::new();
-        let mut file = std::fs::File::from(file);
         std::io::Seek::rewind(&mut file).unwrap();
         file.read_to_end(&mut text).unwrap();
         assert_eq!(text.len(), 20_000 * 20);
