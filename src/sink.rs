@@ -101,14 +101,19 @@ impl Sink {
         if inner.mode == Mode::Closed {
             return;
         }
+        // Set once a write made no room: the stream is stuck for the rest of this batch.
+        let mut stuck = false;
         for line in lines {
             let line = line.as_ref();
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             // A read of many short lines grows when formatted: make room by writing before
             // counting a line as dropped.
             if inner.queued + line.len() + 1 > QUEUE_LIMIT {
-                inner.flush();
+                if !stuck {
+                    inner.flush();
+                }
                 if inner.queued + line.len() + 1 > QUEUE_LIMIT {
+                    stuck = true;
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
