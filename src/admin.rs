@@ -29,8 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,11 +40,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage,
-};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -63,6 +57,8 @@ pub const MAX_BUF_SIZE: usize = 8192;
 pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 /// How long `/livez` waits for the supervisor to answer.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probes and scrapes are few; a queue of this many rides out a burst of them.
+const BACKLOG: u32 = 128;
 /// After a failed `accept` (EMFILE, say) we pause rather than spin on the error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// After `MAX_CONNECTION_LIFE`, how long an in-flight response may take to finish.
@@ -228,52 +224,8 @@ pub fn parse_listen_addr(s: &str) -> Result<AdminAddr, String> {
 /// `--listen`, so kubelet probes work on IPv6-only and dual-stack pods), or `0.0.0.0` when the
 /// kernel has no IPv6.
 fn bind_admin(addr: &AdminAddr) -> Result<StdTcpListener, String> {
-    let port = addr.port;
-    let target = match &addr.host {
-        Host::Any => {
-            let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            match bind_tcp(v6) {
-                Err(Errno::EAFNOSUPPORT) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-                done => return done.map_err(|e| bind_error(v6, e)),
-            }
-        }
-        Host::Ip(ip) => SocketAddr::new(*ip, port),
-        Host::Name(name) => {
-            let fail = |why: String| format!("cannot bind {name}:{port}: {why}");
-            let found: Vec<SocketAddr> = (name.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| fail(format!("cannot resolve {name}: {e}")))?
-                .collect();
-            *found
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(found.first())
-                .ok_or_else(|| fail(format!("{name} has no address")))?
-        }
-    };
-    bind_tcp(target).map_err(|e| bind_error(target, e))
-}
-
-fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener, Errno> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    // What std's TcpListener::bind does: a restarted init gets its port back at once.
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    if matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified()) {
-        // Dual-stack whatever net.ipv6.bindv6only says on this host.
-        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
-    }
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    listen(&fd, Backlog::new(128)?)?;
+    let (_, fd) = listen::bind_first(&addr.host, addr.port, false, BACKLOG)?;
     Ok(StdTcpListener::from(fd))
-}
-
-fn bind_error(addr: SocketAddr, e: Errno) -> String {
-    format!("cannot bind {addr}: {}", io_reason(&io::Error::from(e)))
 }
 
 impl Admin {
@@ -456,8 +408,8 @@ async fn supervisor_answers(ping: &mpsc::Sender<Ask>) -> bool {
 }
 
 /// The listeners' accept queues, read by the loop now; empty when it does not answer in time
-/// (the rest of the page is still worth serving).
-async fn queues(ping: &mpsc::Sender<Ask>) -> Vec<Queue> {
+/// (the rest of the page is still worth serving). `ctl status` asks the same way.
+pub async fn queues(ping: &mpsc::Sender<Ask>) -> Vec<Queue> {
     let (tx, rx) = oneshot::channel();
     let round_trip = async {
         ping.send(Ask::Queues(tx)).await.ok()?;
@@ -570,35 +522,31 @@ pub fn render_metrics(s: &PoolStatus, queues: &[Queue]) -> String {
     );
     sample(&mut out, "cluster_init_ready", u8::from(s.ready));
 
-    family(
-        &mut out,
-        "cluster_init_listen_queue",
-        "gauge",
-        "Connections waiting in a listening socket's accept queue (slot \"shared\": every slot's).",
-    );
-    for q in queues {
-        let _ = writeln!(
-            out,
-            "cluster_init_listen_queue{{listener=\"{}\",slot=\"{}\"}} {}",
-            escape_label(&q.listener),
-            slot_label(q.slot),
-            q.queued
-        );
-    }
-    family(
-        &mut out,
-        "cluster_init_listen_backlog",
-        "gauge",
-        "The accept queue's capacity (the listen backlog).",
-    );
-    for q in queues {
-        let _ = writeln!(
-            out,
-            "cluster_init_listen_backlog{{listener=\"{}\",slot=\"{}\"}} {}",
-            escape_label(&q.listener),
-            slot_label(q.slot),
-            q.backlog
-        );
+    // Name, help, and the value of one socket.
+    type PerSocket = (&'static str, &'static str, fn(&Queue) -> u32);
+    let per_socket: [PerSocket; 2] = [
+        (
+            "cluster_init_listen_queue",
+            "Connections waiting in a listening socket's accept queue (slot \"shared\": every slot's).",
+            |q| q.queued,
+        ),
+        (
+            "cluster_init_listen_backlog",
+            "The accept queue's capacity (the listen backlog).",
+            |q| q.backlog,
+        ),
+    ];
+    for (name, help, value) in per_socket {
+        family(&mut out, name, "gauge", help);
+        for q in queues {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{}\",slot=\"{}\"}} {}",
+                escape_label(&q.listener),
+                slot_label(q.slot),
+                value(q)
+            );
+        }
     }
 
     family(

@@ -62,8 +62,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::admin::{render_status, Ask, PoolStatus, PONG_TIMEOUT};
-use crate::listen::Queue;
+use crate::admin::{queues, render_status, Ask, PoolStatus};
 use crate::pool::Command;
 
 /// Connections served at once; a handful is plenty for people typing commands.
@@ -479,20 +478,6 @@ async fn answer(request: Request, peer: Peer, shared: &Shared, limits: Limits) -
             }
         }
     }
-}
-
-/// The listeners' accept queues, as `/status` shows them; none when the loop is slow to answer.
-async fn queues(asks: &mpsc::Sender<Ask>) -> Vec<Queue> {
-    let (tx, rx) = oneshot::channel();
-    let round_trip = async {
-        asks.send(Ask::Queues(tx)).await.ok()?;
-        rx.await.ok()
-    };
-    tokio::time::timeout(PONG_TIMEOUT, round_trip)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
 }
 
 /// Reads up to the first newline (or the end, for a client that shuts down its side instead).

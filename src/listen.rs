@@ -926,8 +926,8 @@ fn bind_tcp_spec(
     })
 }
 
-/// Binds the first socket of an address, choosing the concrete IP.
-fn bind_first(
+/// Binds the first socket of an address, choosing the concrete IP (the admin endpoint's too).
+pub fn bind_first(
     host: &Host,
     port: u16,
     reuse_port: bool,

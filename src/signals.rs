@@ -90,27 +90,36 @@ fn kernel_set(signals: impl Iterator<Item = i32>) -> u64 {
     signals.fold(0u64, |set, s| set | 1 << (s - 1))
 }
 
+/// Gives `sig` its default action; false when the kernel refused (errno says why). The raw
+/// syscall, because glibc's sigaction refuses 32 and 33 (reserved for its threads), yet they can
+/// arrive ignored from a parent. One system call and nothing else: async-signal-safe, so a
+/// forked child calls it before exec too.
+pub fn reset_to_default(sig: i32) -> bool {
+    // All-zero is the kernel's struct sigaction for SIG_DFL with no flags and an empty mask.
+    const DFL: [u64; 4] = [0; 4];
+    // SAFETY: rt_sigaction with a pointer to that struct, of the size the kernel reads (8 bytes
+    // of mask); the old action is not asked for.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            DFL.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+    r == 0
+}
+
 /// Makes this process's signal state its own, whatever its parent left it: every handled
 /// signal blocked (so that it waits for the signalfd) with its default disposition (an ignored
 /// signal would be thrown away before it could wait), the faults unblocked with their default
 /// action (also removing Rust's stack-overflow handler, which swallows the first SIGSEGV sent
 /// from outside). Call first in `main`, before any thread starts.
 pub fn take_over() -> io::Result<()> {
-    let dfl = [0u64; 4];
     // An inherited SIG_IGN for SIGCHLD would even make the kernel reap our workers for us.
     for sig in handled().chain(FAULTS) {
-        // SAFETY: rt_sigaction with a pointer to a zeroed kernel sigaction (SIG_DFL, no flags, no
-        // mask) of the size the kernel reads; the old action is not asked for.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                dfl.as_ptr(),
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            )
-        };
-        if r != 0 {
+        if !reset_to_default(sig) {
             return Err(io::Error::last_os_error());
         }
     }

@@ -293,19 +293,10 @@ struct ChildPlan<'a> {
 /// before the fork (argv, envp, the LISTEN_PID digits, `scratch` with room for `fds.len()`).
 unsafe fn child_after_fork(plan: ChildPlan) -> ! {
     // Default dispositions for everything: exec keeps ignored signals ignored (Rust ignores
-    // SIGPIPE), and a server must start as if launched by a shell.
-    // The raw syscall, because glibc's sigaction refuses 32 and 33 (reserved for its threads),
-    // yet they can arrive ignored from our own parent and would then stay ignored in workers.
-    // All-zero is the kernel's struct sigaction for SIG_DFL with no flags and an empty mask.
-    let dfl = [0u64; 4];
+    // SIGPIPE), and a server must start as if launched by a shell. 32 and 33 too, which can
+    // arrive ignored from our own parent and would then stay ignored in workers.
     for sig in 1..=crate::signals::SIGRTMAX {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            sig,
-            dfl.as_ptr(),
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
+        crate::signals::reset_to_default(sig);
     }
     // Own process group: the stop signal then reaches `sh -c` wrappers, npm and their children.
     libc::setpgid(0, 0);
