@@ -35,6 +35,32 @@ fn start(
     Some((init, lines))
 }
 
+/// A reader that stalls for 2 s (the pipe fills, the init queues), then reads: the lines `keep`
+/// accepts, counted until `want` of them arrived or 12 s passed.
+fn lines_after_a_pause(
+    stream: impl std::io::Read + Send + 'static,
+    want: usize,
+    keep: fn(&[u8]) -> bool,
+) -> usize {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+            if keep(&line) && tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = 0;
+    let end = Instant::now() + Duration::from_secs(12);
+    while lines < want && Instant::now() < end {
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            lines += 1;
+        }
+    }
+    lines
+}
+
 #[test]
 fn prefix_mode_relays_every_line_of_both_streams_with_its_slot() {
     for mode in [Mode::Pid1, Mode::Subreaper] {
@@ -225,23 +251,7 @@ fn lines_queued_while_the_reader_paused_go_out_when_it_reads_again() {
         return;
     };
     let out = init.take_stdout().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Not reading while the worker writes: the pipe fills, the init queues.
-        std::thread::sleep(Duration::from_secs(2));
-        for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-            if tx.send(line.len()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut lines = 0;
-    let end = Instant::now() + Duration::from_secs(12);
-    while lines < 400 && Instant::now() < end {
-        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-            lines += 1;
-        }
-    }
+    let lines = lines_after_a_pause(out, 400, |_| true);
     init.signal(libc::SIGTERM);
     let _ = init.wait(LONG);
     assert_eq!(
@@ -277,23 +287,7 @@ fn a_stuck_stdout_does_not_hold_up_stderr() {
     };
     // Held open, never read.
     let _stdout = init.take_stdout().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(2));
-        let err = std::fs::File::from(err_r);
-        for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
-            if line.starts_with(b"[1] e") && tx.send(()).is_err() {
-                return;
-            }
-        }
-    });
-    let mut lines = 0;
-    let end = Instant::now() + Duration::from_secs(12);
-    while lines < 400 && Instant::now() < end {
-        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-            lines += 1;
-        }
-    }
+    let lines = lines_after_a_pause(std::fs::File::from(err_r), 400, |l| l.starts_with(b"[1] e"));
     init.signal(libc::SIGTERM);
     // Stopping never waits for the stuck stream.
     assert!(init.wait(LONG).is_some(), "no stop with stdout stuck");

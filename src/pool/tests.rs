@@ -200,6 +200,12 @@ fn reports(effects: &[Effect]) -> Vec<&Report> {
         .collect()
 }
 
+fn gave_up(effects: &[Effect]) -> bool {
+    reports(effects)
+        .iter()
+        .any(|r| matches!(r, Report::GivingUp { .. }))
+}
+
 fn restart_delay(effects: &[Effect]) -> Duration {
     match exits(effects).last() {
         Some((_, Then::Restart { delay })) => *delay,
@@ -1093,13 +1099,7 @@ fn a_crash_long_ago_does_not_make_a_later_recycle_give_up() {
     assert_eq!(exits(&fx)[0].0, ExitReason::Recycled);
     // The successor's exec is not confirmed yet.
     let fx = sim.on(Event::Tick);
-    assert!(
-        !reports(&fx)
-            .iter()
-            .any(|r| matches!(r, Report::GivingUp { .. })),
-        "a healthy pool gave up: {:?}",
-        reports(&fx)
-    );
+    assert!(!gave_up(&fx), "a healthy pool gave up: {:?}", reports(&fx));
 }
 
 #[test]
@@ -1121,9 +1121,7 @@ fn a_crash_long_ago_does_not_make_a_later_watchdog_stop_give_up() {
     let fx = sim.advance(Duration::from_secs(11));
     assert!(signals(&fx).contains(&(b, libc::SIGABRT)));
     assert!(
-        !reports(&fx)
-            .iter()
-            .any(|r| matches!(r, Report::GivingUp { .. })),
+        !gave_up(&fx),
         "gave up instead of restarting the hung worker: {:?}",
         reports(&fx)
     );
@@ -1250,12 +1248,6 @@ fn a_zero_ready_timeout_means_no_limit() {
 }
 
 // Giving up, memory-cap entries and abandoned steps during reloads.
-
-fn gave_up(effects: &[Effect]) -> bool {
-    reports(effects)
-        .iter()
-        .any(|r| matches!(r, Report::GivingUp { .. }))
-}
 
 // A crash long ago, hours of service, then a reload during which the old worker recycles by
 // itself while its successor still starts: the slot is Starting, its failing_since is the old
